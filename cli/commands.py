@@ -1,0 +1,10 @@
+"""The registry of subcommands: each module adds its own parser and a lazily importing handler."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+
+REGISTRARS: list[Registrar] = []
