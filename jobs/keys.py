@@ -1,0 +1,42 @@
+"""Redis key names shared by the API and the workers (docs/architecture.md, "Redis layout")."""
+
+from __future__ import annotations
+
+PREFIX = "ldm:"
+# The rq function every txt2img job names; the API enqueues it by string and never imports it.
+TXT2IMG_FUNCTION = "workers.tasks.txt2img"
+
+
+def queue_name(model: str) -> str:
+    """rq queue name for a model (rq stores it under `rq:queue:ldm:<model>`)."""
+    return f"{PREFIX}{model}"
+
+
+def job(job_id: str) -> str:
+    """Hash holding one job record."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def image(job_id: str, index: int) -> str:
+    """Encoded bytes of image `index` of a job."""
+    return f"{PREFIX}job:{job_id}:image:{index}"
+
+
+def cancel(job_id: str) -> str:
+    """Flag set by the API when cancellation is requested; workers check it between steps."""
+    return f"{PREFIX}job:{job_id}:cancel"
+
+
+def gone(job_id: str) -> str:
+    """Tombstone (value: owner) so an expired job answers 410 instead of 404."""
+    return f"{PREFIX}gone:{job_id}"
+
+
+def idempotency(owner: str, key: str) -> str:
+    """Idempotency-Key record `{"job_id", "body_sha256"}` for one owner."""
+    return f"{PREFIX}idem:{owner}:{key}"
+
+
+def rate_limit(owner: str) -> str:
+    """Token bucket of one API key."""
+    return f"{PREFIX}ratelimit:{owner}"

@@ -1,0 +1,246 @@
+"""The txt2img request, its resolved form and the job record: the API<->worker contract."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+
+# Seeds are 32-bit like A1111's; image i of a request uses seed + i.
+MAX_SEED = 2**32 - 1
+
+
+class Sampler(StrEnum):
+    """Samplers every worker's pipeline implements (`Pipeline.sampler_names`)."""
+
+    ddim = "ddim"
+    plms = "plms"
+    euler = "euler"
+    euler_a = "euler_a"
+    heun = "heun"
+    dpmpp_2m = "dpmpp_2m"
+
+
+class OutputFormat(StrEnum):
+    """Image encodings a job can ask for."""
+
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+    @property
+    def media_type(self) -> str:
+        """HTTP content type of this encoding."""
+        return f"image/{self.value}"
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a job record (`ldm:job:<id>` field `status`)."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+    expired = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job can no longer change."""
+        return self not in (JobStatus.queued, JobStatus.running)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on generation parameters (the API's settings pass their own)."""
+
+    max_prompt_chars: int = 2000
+    min_size: int = 64
+    max_size: int = 2048
+    max_pixels: int = 1024 * 1024
+    max_steps: int = 150
+    max_images: int = 4
+    max_guidance_scale: float = 30.0
+    default_size: int = 512
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _bounded_fields(limits: Limits) -> dict[str, Any]:
+    """Field(...) for every bounded request parameter, taken from `limits`."""
+    size = {"ge": limits.min_size, "le": limits.max_size, "multiple_of": 8}
+    size["validate_default"] = True  # defaults must respect max_pixels too
+    return {
+        "prompt": Field(min_length=1, max_length=limits.max_prompt_chars),
+        "negative_prompt": Field("", max_length=limits.max_prompt_chars),
+        "width": Field(min(limits.default_size, limits.max_size), **size),
+        "height": Field(min(limits.default_size, limits.max_size), **size),
+        "steps": Field(min(25, limits.max_steps), ge=1, le=limits.max_steps),
+        "guidance_scale": Field(7.5, ge=0.0, le=limits.max_guidance_scale),
+        "num_images": Field(1, ge=1, le=limits.max_images),
+    }
+
+
+_DEFAULT_FIELDS = _bounded_fields(DEFAULT_LIMITS)
+
+
+class Txt2ImgRequest(BaseModel):
+    """Body of POST /v1/txt2img; use `request_model(limits)` for configured bounds."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    limits: ClassVar[Limits] = DEFAULT_LIMITS
+
+    prompt: str = _DEFAULT_FIELDS["prompt"]
+    negative_prompt: str = _DEFAULT_FIELDS["negative_prompt"]
+    width: int = _DEFAULT_FIELDS["width"]
+    height: int = _DEFAULT_FIELDS["height"]
+    steps: int = _DEFAULT_FIELDS["steps"]
+    guidance_scale: float = _DEFAULT_FIELDS["guidance_scale"]
+    sampler: Sampler = Sampler.ddim
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta / ancestral noise scale")
+    karras: bool = Field(False, description="Karras sigma schedule (k-diffusion samplers)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent")
+    num_images: int = _DEFAULT_FIELDS["num_images"]
+    output_format: OutputFormat = OutputFormat.png
+    model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="default model when absent"
+    )
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("height")
+    @classmethod
+    def _max_pixels(cls, height: int, info: ValidationInfo) -> int:
+        width = info.data.get("width")
+        if width is not None and width * height > cls.limits.max_pixels:
+            raise ValueError(
+                f"width x height = {width * height} pixels exceeds the maximum of "
+                f"{cls.limits.max_pixels}"
+            )
+        return height
+
+    def resolve(self, default_model: str, seed: int | None = None) -> ResolvedRequest:
+        """The request with model and seed filled in (random seed when none was given)."""
+        data = self.model_dump()
+        data["model"] = self.model or default_model
+        if data["seed"] is None:
+            data["seed"] = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return ResolvedRequest.model_validate(data)
+
+
+def request_model(limits: Limits) -> type[Txt2ImgRequest]:
+    """A Txt2ImgRequest subclass whose Field bounds (and OpenAPI schema) come from `limits`."""
+    fields: dict[str, Any] = {
+        name: (Txt2ImgRequest.model_fields[name].annotation, info)
+        for name, info in _bounded_fields(limits).items()
+    }
+    model = create_model("Txt2ImgRequest", __base__=Txt2ImgRequest, **fields)
+    model.limits = limits
+    return model
+
+
+class ResolvedRequest(BaseModel):
+    """A validated request with every value concrete; what workers read from the record."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    sampler: Sampler
+    eta: float = 0.0
+    karras: bool = False
+    seed: int
+    num_images: int = 1
+    output_format: OutputFormat = OutputFormat.png
+    model: str
+
+
+class JobError(BaseModel):
+    """Why a job failed: stable `type` (error, nan, oom, timeout, abandoned) and a message."""
+
+    type: str
+    message: str
+
+
+class JobRecord(BaseModel):
+    """One job as stored in the `ldm:job:<id>` hash (times are Unix epoch seconds)."""
+
+    id: str
+    status: JobStatus
+    owner: str
+    request: ResolvedRequest
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress_step: int = 0
+    progress_total: int = 0
+    queue_wait_s: float | None = None
+    sampling_s: float | None = None
+    decode_s: float | None = None
+    error: JobError | None = None
+    attempts: int = 0
+
+    _FLOATS: ClassVar[tuple[str, ...]] = (
+        "created_at",
+        "started_at",
+        "finished_at",
+        "queue_wait_s",
+        "sampling_s",
+        "decode_s",
+    )
+
+    def to_hash(self) -> dict[str, str]:
+        """Flat string fields for HSET (None values are omitted)."""
+        fields = {
+            "status": self.status.value,
+            "owner": self.owner,
+            "request": self.request.model_dump_json(),
+            "progress_step": str(self.progress_step),
+            "progress_total": str(self.progress_total),
+            "num_images": str(self.request.num_images),
+            "output_format": self.request.output_format.value,
+            "attempts": str(self.attempts),
+        }
+        for name in self._FLOATS:
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = repr(float(value))
+        if self.error is not None:
+            fields["error_type"] = self.error.type
+            fields["error_message"] = self.error.message
+        return fields
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict[bytes, bytes] | dict[str, str]) -> JobRecord:
+        """Parse an HGETALL reply."""
+        data = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        error = None
+        if "error_type" in data:
+            error = JobError(type=data["error_type"], message=data.get("error_message", ""))
+        return cls(
+            id=job_id,
+            status=JobStatus(data["status"]),
+            owner=data.get("owner", ""),
+            request=ResolvedRequest.model_validate_json(data["request"]),
+            progress_step=int(data.get("progress_step", 0)),
+            progress_total=int(data.get("progress_total", 0)),
+            attempts=int(data.get("attempts", 0)),
+            error=error,
+            **{name: float(data[name]) for name in cls._FLOATS if name in data},
+        )

@@ -1,0 +1,290 @@
+"""JobStore: job records, rq enqueue, progress, images, cancellation and tombstones in Redis.
+
+Lifecycle (all transitions are conditional on the current status, so API and worker never race):
+  API  create()            -> queued (record + rq job in one MULTI)
+  wkr  start()             queued|running -> running  (None: canceled/expired meanwhile, skip it)
+  wkr  report_progress()   every step for all active jobs; returns the ids to stop
+  wkr  finish()            -> succeeded (with images) | failed (with JobError) | canceled
+  API  request_cancel()    queued -> canceled at once; running -> flag the worker sees next step
+  API  reconcile()         repairs records whose rq job expired, was abandoned or was requeued
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RqStatus
+from rq.serializers import JSONSerializer
+from rq.worker_registration import get_keys as worker_keys
+
+from jobs import keys
+from jobs.schema import JobError, JobRecord, JobStatus
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = (JobStatus.queued, JobStatus.running)
+# Tombstones outlive the record by this long so GET answers 410, not 404, for a week.
+TOMBSTONE_TTL_S = 7 * 24 * 3600
+# rq keeps a failed job's hash this long (rq info / post-mortems).
+FAILURE_TTL_S = 7 * 24 * 3600
+
+# KEYS[1] job hash. ARGV[1] allowed statuses "a,b"; ARGV[2] field to HINCRBY or ""; ARGV[3..] pairs.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
+  return false
+end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
+return status
+"""
+
+# KEYS: job, gone, image 0..n-1. ARGV: allowed, ttl, tombstone ttl, nfields, fields..., images...
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
+  return false
+end
+local ttl = tonumber(ARGV[2])
+local nfields = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + nfields))
+if redis.call('HGET', KEYS[1], 'status') == 'succeeded' then
+  redis.call('HSET', KEYS[1], 'progress_step', redis.call('HGET', KEYS[1], 'progress_total') or '0')
+end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[4 + nfields + i - 2], 'EX', ttl) end
+redis.call('EXPIRE', KEYS[1], ttl)
+local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+redis.call('SET', KEYS[2], owner, 'EX', ttl + tonumber(ARGV[3]))
+return status
+"""
+
+# KEYS: job hashes then their cancel flags. ARGV: step, total per job. Returns 1 = stop that job.
+_PROGRESS = """
+local n = #KEYS / 2
+local stop = {}
+for i = 1, n do
+  local status = redis.call('HGET', KEYS[i], 'status')
+  if status == 'running' then
+    redis.call('HSET', KEYS[i], 'progress_step', ARGV[2 * i - 1], 'progress_total', ARGV[2 * i])
+  end
+  stop[i] = (status ~= 'running' or redis.call('EXISTS', KEYS[n + i]) == 1) and 1 or 0
+end
+return stop
+"""
+
+
+class QueueFullError(Exception):
+    """The model's queue already holds `max_queue` jobs."""
+
+
+class JobStore:
+    """Typed access to everything a job keeps in Redis; one instance per process."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        result_ttl: int = 3600,
+        job_timeout: int = 600,
+        queue_ttl: int | None = None,
+    ) -> None:
+        self.redis = redis
+        self.result_ttl = result_ttl
+        self.job_timeout = job_timeout
+        # A job still queued after queue_ttl seconds expires (rq drops it; reconcile() says so).
+        self.queue_ttl = queue_ttl if queue_ttl is not None else result_ttl
+        self._transition = redis.register_script(_TRANSITION)
+        self._finish = redis.register_script(_FINISH)
+        self._progress = redis.register_script(_PROGRESS)
+
+    def queue(self, model: str) -> Queue:
+        """The rq queue (JSON serializer) of a model."""
+        return Queue(keys.queue_name(model), connection=self.redis, serializer=JSONSerializer)
+
+    # --- API side -------------------------------------------------------------------------------
+
+    def create(self, record: JobRecord, *, max_queue: int | None = None) -> None:
+        """Save a queued record and enqueue its rq job in one MULTI/EXEC; QueueFullError if full."""
+        queue = self.queue(record.request.model)
+        if max_queue is not None and queue.count >= max_queue:
+            raise QueueFullError(f"queue {queue.name} holds {max_queue} jobs")
+        request = record.request
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
+            pipe.hset(keys.job(record.id), mapping=record.to_hash())
+            queue.enqueue_call(
+                keys.TXT2IMG_FUNCTION,
+                args=(record.id,),
+                job_id=record.id,
+                timeout=self.job_timeout,
+                ttl=self.queue_ttl,
+                result_ttl=self.result_ttl,
+                failure_ttl=FAILURE_TTL_S,
+                retry=Retry(max=1),
+                description=f"txt2img {request.width}x{request.height} steps={request.steps}",
+                pipeline=pipe,
+            )
+            pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job record, or None when unknown or expired."""
+        raw = self.redis.hgetall(keys.job(job_id))
+        return JobRecord.from_hash(job_id, raw) if raw else None
+
+    def tombstone(self, job_id: str) -> str | None:
+        """Owner of an expired job (the record is gone but the job existed), else None."""
+        value = self.redis.get(keys.gone(job_id))
+        return value.decode() if isinstance(value, bytes) else value
+
+    def get_image(self, job_id: str, index: int) -> bytes | None:
+        """Encoded bytes of image `index`, or None."""
+        value = self.redis.get(keys.image(job_id, index))
+        return bytes(value) if value is not None else None
+
+    def queue_position(self, record: JobRecord) -> int | None:
+        """0-based position in the model's rq queue (0 = next), None when not in it."""
+        position = self.redis.lpos(self.queue(record.request.model).key, record.id)
+        return int(position) if position is not None else None
+
+    def request_cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel: a queued job becomes canceled and never runs; a running one is flagged."""
+        self.redis.set(keys.cancel(job_id), "1", ex=self.job_timeout + self.result_ttl)
+        if self.finish(job_id, JobStatus.canceled, allowed=(JobStatus.queued,)):
+            self._cancel_rq_job(job_id)
+            return JobStatus.canceled
+        record = self.get(job_id)
+        return record.status if record else None
+
+    def reconcile(self, record: JobRecord) -> JobRecord:
+        """Align an active record with its rq job (expired, abandoned, requeued, canceled)."""
+        if record.status.terminal:
+            return record
+        try:
+            rq_status = self._rq_job(record.id).get_status(refresh=False)
+        except NoSuchJobError:
+            rq_status = None
+        if rq_status is None and record.status is JobStatus.queued:
+            self.finish(record.id, JobStatus.expired, allowed=(JobStatus.queued,))
+        elif rq_status == RqStatus.FAILED:
+            error = JobError(type="abandoned", message="the worker running this job stopped")
+            self.finish(record.id, JobStatus.failed, error=error)
+        elif rq_status in (RqStatus.CANCELED, RqStatus.STOPPED):
+            self.finish(record.id, JobStatus.canceled)
+        elif rq_status == RqStatus.QUEUED and record.status is JobStatus.running:
+            self._set(record.id, (JobStatus.running,), {"status": JobStatus.queued.value})
+        else:
+            return record
+        return self.get(record.id) or record
+
+    # --- worker side ----------------------------------------------------------------------------
+
+    def start(self, job_id: str) -> JobRecord | None:
+        """Mark a dequeued job running (attempts += 1); None means skip it (canceled/gone)."""
+        record = self.get(job_id)
+        if record is None or record.status.terminal:
+            return None
+        now = time.time()
+        fields = {
+            "status": JobStatus.running.value,
+            "started_at": repr(now),
+            "queue_wait_s": repr(now - record.created_at),
+            "progress_step": "0",
+            "progress_total": str(record.request.steps),
+        }
+        if not self._set(job_id, ACTIVE, fields, increment="attempts"):
+            return None
+        return self.get(job_id)
+
+    def report_progress(self, progress: Mapping[str, tuple[int, int]]) -> set[str]:
+        """Write (step, total) for many running jobs in one round trip; returns ids to stop now."""
+        if not progress:
+            return set()
+        ids = list(progress)
+        job_keys = [keys.job(job_id) for job_id in ids] + [keys.cancel(job_id) for job_id in ids]
+        args = [str(value) for job_id in ids for value in progress[job_id]]
+        stop = self._progress(keys=job_keys, args=args)
+        return {job_id for job_id, flag in zip(ids, stop, strict=True) if int(flag)}
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        images: Sequence[bytes] = (),
+        sampling_s: float | None = None,
+        decode_s: float | None = None,
+        error: JobError | None = None,
+        allowed: Sequence[JobStatus] = ACTIVE,
+    ) -> bool:
+        """Atomically end a job: status, images, timings, TTLs, tombstone; False if not active."""
+        if not status.terminal:
+            raise ValueError(f"finish() needs a terminal status, got {status}")
+        fields = {"status": status.value, "finished_at": repr(time.time())}
+        if sampling_s is not None:
+            fields["sampling_s"] = repr(float(sampling_s))
+        if decode_s is not None:
+            fields["decode_s"] = repr(float(decode_s))
+        if error is not None:
+            fields.update(error_type=error.type, error_message=error.message)
+        flat = [item for pair in fields.items() for item in pair]
+        script_keys = [keys.job(job_id), keys.gone(job_id)]
+        script_keys += [keys.image(job_id, index) for index in range(len(images))]
+        args: list[str | bytes | int] = [",".join(allowed), self.result_ttl, TOMBSTONE_TTL_S]
+        args += [len(flat), *flat, *images]
+        return bool(self._finish(keys=script_keys, args=args))
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a running record back to queued (worker handing work back to rq on shutdown)."""
+        return self._set(job_id, (JobStatus.running,), {"status": JobStatus.queued.value})
+
+    # --- shared views ---------------------------------------------------------------------------
+
+    def live_workers(self, model: str) -> int:
+        """rq workers listening on the model's queue whose heartbeat key has not expired."""
+        registered = sorted(worker_keys(queue=self.queue(model)))
+        return sum(int(alive) for alive in self._exists_each(registered)) if registered else 0
+
+    def oldest_queued_age(self, model: str) -> float:
+        """Seconds the head of the model's queue has waited (0 when empty)."""
+        head = self.redis.lindex(self.queue(model).key, 0)
+        if head is None:
+            return 0.0
+        created = self.redis.hget(keys.job(head.decode()), "created_at")
+        return max(0.0, time.time() - float(created)) if created else 0.0
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _set(
+        self,
+        job_id: str,
+        allowed: Sequence[JobStatus],
+        fields: Mapping[str, str],
+        increment: str = "",
+    ) -> bool:
+        flat = [item for pair in fields.items() for item in pair]
+        return bool(
+            self._transition(keys=[keys.job(job_id)], args=[",".join(allowed), increment, *flat])
+        )
+
+    def _exists_each(self, names: Sequence[str]) -> list[int]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(name)
+            return list(pipe.execute())
+
+    def _rq_job(self, job_id: str) -> Job:
+        return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+
+    def _cancel_rq_job(self, job_id: str) -> None:
+        try:
+            job = self._rq_job(job_id)
+            if job.get_status(refresh=False) == RqStatus.QUEUED:
+                job.cancel()
+        except (NoSuchJobError, InvalidJobOperation):
+            logger.info("rq job %s already left the queue; the worker will skip it", job_id)
