@@ -1,0 +1,1 @@
+"""Checkpoint formats: diffusers folders and original single files (safetensors first)."""

@@ -1,0 +1,161 @@
+"""The diffusers folder layout: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from model.autoencoder import AutoencoderKL
+from model.checkpoint import configs, keymap
+from model.checkpoint.files import CheckpointError, load_strict, read_state_dict, write_safetensors
+from model.components import Components
+from model.sampling.schedule import ScheduleConfig
+from model.unet import UNet
+
+WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+)
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.30.0",
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "safety_checker": [None, None],
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+}
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return read_state_dict(folder / name)
+    raise CheckpointError(f"no weights in {folder} (expected {WEIGHT_NAMES[0]})")
+
+
+def load_unet(folder: Path) -> UNet:
+    """A UNet from a diffusers `unet/` folder, strictly renamed and shape-checked."""
+    config = configs.unet_config_from_diffusers(_read_json(folder / "config.json"))
+    with torch.device("meta"):
+        unet = UNet(config)
+    table = keymap.unet_prefixes(config)
+    try:
+        tensors = keymap.compvis_from_diffusers(list(unet.state_dict()), _weights(folder), table)
+    except KeyError as error:
+        raise CheckpointError(f"unet: {error.args[0]}") from None
+    unet.load_state_dict(_checked(unet, tensors, "unet"), assign=True)
+    return unet.float()
+
+
+def load_vae(folder: Path) -> AutoencoderKL:
+    """An AutoencoderKL from a diffusers `vae/` folder."""
+    config = configs.vae_config_from_diffusers(_read_json(folder / "config.json"))
+    with torch.device("meta"):
+        vae = AutoencoderKL(config)
+    table = keymap.vae_prefixes(config)
+    try:
+        tensors = keymap.compvis_from_diffusers(list(vae.state_dict()), _weights(folder), table)
+    except KeyError as error:
+        raise CheckpointError(f"vae: {error.args[0]}") from None
+    vae.load_state_dict(_checked(vae, tensors, "vae"), assign=True)
+    return vae.float()
+
+
+def _checked(module: torch.nn.Module, tensors: dict, what: str) -> dict:
+    """Verify names and shapes against a (meta) module before assigning."""
+    probe = {k: torch.empty(0) for k in tensors}  # names only; shapes checked below
+    expected = module.state_dict()
+    if set(probe) != set(expected):
+        load_strict(module, tensors, what)  # raises with the missing/unexpected names
+    wrong = [k for k, v in expected.items() if tuple(tensors[k].shape) != tuple(v.shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{what}: {len(wrong)} shape mismatches, e.g. {k}: checkpoint "
+            f"{tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        )
+    return tensors
+
+
+def load_diffusers(path: Path) -> Components:
+    """All components of a diffusers Stable Diffusion folder, on the CPU in fp32."""
+    if not is_diffusers_folder(path):
+        raise CheckpointError(f"{path} is not a diffusers folder (no model_index.json)")
+    try:
+        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"text encoder/tokenizer in {path}: {error}") from None
+    schedule = ScheduleConfig.from_dict(_read_json(path / "scheduler" / "scheduler_config.json"))
+    return Components(
+        unet=load_unet(path / "unet"),
+        vae=load_vae(path / "vae"),
+        text_encoder=text_encoder.float().eval(),
+        tokenizer=tokenizer,
+        schedule=schedule,
+    )
+
+
+def schedule_to_diffusers(schedule: ScheduleConfig) -> dict:
+    """scheduler_config.json for a ScheduleConfig (DDIMScheduler class, SD defaults)."""
+    return {"_class_name": "DDIMScheduler", "clip_sample": False, **dataclasses.asdict(schedule)}
+
+
+def save_diffusers(
+    path: Path,
+    *,
+    unet: UNet,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    schedule: ScheduleConfig,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write a diffusers Stable Diffusion folder that both ldm-serve and diffusers load."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    parts = [
+        (
+            "unet",
+            unet,
+            configs.unet_config_to_diffusers(unet.config),
+            keymap.unet_prefixes(unet.config),
+        ),
+        ("vae", vae, configs.vae_config_to_diffusers(vae.config), keymap.vae_prefixes(vae.config)),
+    ]
+    for name, module, config, table in parts:
+        folder = path / name
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        tensors = {k: v.to(dtype) for k, v in module.state_dict().items()}
+        write_safetensors(keymap.diffusers_from_compvis(tensors, table), folder / WEIGHT_NAMES[0])
+    text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
+    text_encoder.float()
+    tokenizer.save_pretrained(path / "tokenizer")
+    (path / "scheduler").mkdir(exist_ok=True)
+    (path / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(schedule_to_diffusers(schedule), indent=2)
+    )
+    return path

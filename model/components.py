@@ -1,0 +1,31 @@
+"""The parts of a latent diffusion model, as loaded from any checkpoint format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from model.autoencoder import AutoencoderKL
+from model.sampling.schedule import ScheduleConfig
+from model.unet import UNet
+
+
+@dataclass
+class Components:
+    """UNet, autoencoder, text encoder, tokenizer and the training noise schedule."""
+
+    unet: UNet
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    schedule: ScheduleConfig
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Components:
+        """Move the networks; the VAE keeps fp32 on fp16 (SD's VAE overflows in fp16)."""
+        self.unet.to(device=device, dtype=dtype)
+        vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+        self.vae.to(device=device, dtype=vae_dtype)
+        self.text_encoder.to(device=device, dtype=dtype)
+        return self

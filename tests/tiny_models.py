@@ -1,0 +1,109 @@
+"""Tiny random Stable-Diffusion-layout models for tests, built with diffusers (test-only oracle).
+
+`build_tiny_sd(path)` writes a complete diffusers folder (UNet, VAE, CLIP text encoder, a small CLIP
+BPE tokenizer written here, DDIM scheduler config) that loads in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def write_tiny_clip_tokenizer(folder: Path) -> Path:
+    """A character-level CLIP BPE tokenizer (vocab.json + merges.txt) that CLIPTokenizer loads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits + ",.!?'-"
+    tokens = list(chars) + [c + "</w>" for c in chars]
+    merges = ["a t</w>"]  # one merge so the BPE path is exercised
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + tokens + ["at</w>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder
+
+
+def tiny_unet_config(cross_attention_dim: int = 32, linear: bool = False) -> dict:
+    return dict(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        norm_num_groups=8,
+        use_linear_projection=linear,
+    )
+
+
+def build_tiny_sd(
+    path: Path, prediction_type: str = "epsilon", seed: int = 0, linear: bool = False
+) -> Path:
+    """Write a tiny random SD pipeline in the diffusers folder layout and return its path."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config(linear=linear))
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
+    tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
+    tokenizer = CLIPTokenizer(
+        str(tokenizer_dir / "vocab.json"),
+        str(tokenizer_dir / "merges.txt"),
+        pad_token="<|endoftext|>",
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        vocab_size=len(tokenizer) + 2,
+        max_position_embeddings=77,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
