@@ -1,7 +1,7 @@
-"""Text conditioning tau_theta(y): a CLIP text encoder over 77-token windows (Rombach et al., Sec. 3.3).
+"""Text conditioning tau_theta(y): a CLIP text encoder over 77-token windows (LDM, Sec. 3.3).
 
 Prompts longer than one window are encoded in 75-token chunks, each wrapped in BOS/EOS and padded to
-77, and the chunk embeddings are concatenated along the sequence (the convention A1111 users rely on).
+77, and the chunk embeddings are concatenated along the sequence (the A1111 convention).
 """
 
 from __future__ import annotations

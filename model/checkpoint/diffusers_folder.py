@@ -1,4 +1,4 @@
-"""The diffusers folder layout: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/."""
+"""The diffusers folder layout: model_index.json plus unet/, vae/, text_encoder/, tokenizer/, ..."""
 
 from __future__ import annotations
 
