@@ -1,0 +1,143 @@
+"""RFC 9457 problem details: every error is application/problem+json with a stable `type`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:ldm-serve:problem:"
+
+# HTTP status -> stable problem slug for errors raised by the framework itself.
+_STATUS_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    410: "gone",
+    413: "body-too-large",
+    415: "unsupported-media-type",
+    422: "validation",
+    429: "rate-limited",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+class Problem(Exception):
+    """An error the API answers with; raise it from routes and dependencies."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[Mapping[str, str]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.errors = list(errors or [])
+
+
+def problem_response(problem: Problem, instance: str = "") -> JSONResponse:
+    """Render a Problem as application/problem+json."""
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + problem.slug,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if problem.errors:
+        body["errors"] = problem.errors
+    return JSONResponse(
+        body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """Dotted field path without the request part: ("body", "width") -> "width"."""
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def validation_problem(exc: RequestValidationError) -> Problem:
+    """422 naming every offending field (400 when the body is not JSON at all)."""
+    errors = []
+    for error in exc.errors():
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        errors.append({"field": field_path(error.get("loc", ())), "message": message})
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        return Problem(400, "malformed-json", "Malformed JSON", "request body is not valid JSON")
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+    return Problem(422, "validation", "Invalid request", detail, errors=errors)
+
+
+def redis_unavailable(retry_after_s: int) -> Problem:
+    """503 while Redis cannot be reached."""
+    return Problem(
+        503,
+        "redis-unavailable",
+        "Service unavailable",
+        "the job store is unreachable; retry later",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def install_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """Register problem+json handlers for our, framework and unexpected errors."""
+
+    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Problem)
+        request.state.reject_reason = exc.slug
+        return problem_response(exc, request.url.path)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        request.state.reject_reason = "validation"
+        return problem_response(validation_problem(exc), request.url.path)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        slug = _STATUS_SLUGS.get(exc.status_code, "error")
+        title = slug.replace("-", " ").capitalize()
+        problem = Problem(exc.status_code, slug, title, str(exc.detail), headers=exc.headers)
+        return problem_response(problem, request.url.path)
+
+    async def on_redis(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        request.state.reject_reason = "redis-unavailable"
+        return problem_response(redis_unavailable(retry_after_s), request.url.path)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        problem = Problem(500, "internal", "Internal error", "unexpected server error")
+        return problem_response(problem, request.url.path)
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RedisConnectionError, on_redis)
+    app.add_exception_handler(RedisTimeoutError, on_redis)
+    app.add_exception_handler(Exception, on_unexpected)

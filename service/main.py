@@ -1,0 +1,80 @@
+"""FastAPI application factory; `service.main:app` is what uvicorn serves."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from jobs.store import JobStore
+from service.auth import KeyRing
+from service.bodysize import BodySizeLimit
+from service.errors import install_handlers
+from service.metrics import ApiMetrics, MetricsMiddleware
+from service.ratelimit import RateLimiter
+from service.routes import health, jobs, models, txt2img
+from service.settings import ApiSettings
+
+logger = logging.getLogger(__name__)
+
+
+def connect_redis(url: str) -> Redis:
+    """Redis client that fails fast (503 to clients) instead of hanging when Redis is down."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Check Redis's eviction policy at startup; close the client at shutdown."""
+    app.state.redis_policy_ok = health.check_eviction_policy(app.state.store)
+    yield
+    app.state.store.redis.close()
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Build the API for `settings` (default: from the environment)."""
+    settings = settings or ApiSettings()
+    redis = connect_redis(settings.redis_url)
+    store = JobStore(
+        redis,
+        result_ttl=settings.result_ttl,
+        job_timeout=settings.job_timeout,
+        queue_ttl=settings.queue_ttl,
+    )
+    app = FastAPI(
+        title="ldm-serve",
+        version="0.1.0",
+        summary="Latent Diffusion inference: queue txt2img jobs, poll or stream, fetch images.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.keyring = KeyRing(settings.keys)
+    app.state.rate_limiter = RateLimiter(redis, settings.rate_limit)
+    app.state.metrics = ApiMetrics(store, settings.models)
+    install_handlers(app, settings.retry_after_s)
+    app.include_router(txt2img.build_router(settings))
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    # Outermost last: metrics see every response, including the 413s of the body limit.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    logger.info(
+        "api ready to serve model=%s auth=%s", settings.model_name, app.state.keyring.enabled
+    )
+    return app
+
+
+app = create_app()

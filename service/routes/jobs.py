@@ -1,0 +1,150 @@
+"""/v1/jobs/{id}: status, cancellation, server-sent events and image bytes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Path, Response, status
+from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
+
+from jobs.schema import JobRecord, JobStatus
+from jobs.store import JobStore
+from service.auth import Owner
+from service.deps import Store
+from service.errors import Problem
+from service.views import JobView, job_view
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["jobs"])
+
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f-]+$")]
+# SSE: how often the record is polled and how often an idle stream gets a keep-alive comment.
+POLL_S = 0.25
+KEEPALIVE_S = 15.0
+
+
+def _not_found() -> Problem:
+    return Problem(404, "not-found", "Not found", "no such job")
+
+
+def load_job(store: JobStore, job_id: str, owner: str) -> JobRecord:
+    """The caller's job, reconciled with rq; 404 if unknown or someone else's, 410 if expired."""
+    record = store.get(job_id)
+    if record is None or record.owner != owner:
+        if store.tombstone(job_id) == owner and record is None:
+            raise Problem(410, "gone", "Gone", "the job and its images expired")
+        raise _not_found()
+    return store.reconcile(record)
+
+
+def _view(store: JobStore, record: JobRecord) -> JobView:
+    position = store.queue_position(record) if record.status is JobStatus.queued else None
+    return job_view(record, position)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, summary="Job status and progress")
+def get_job(job_id: JobId, owner: Owner, store: Store) -> JobView:
+    """Status, progress, queue position, timings, resolved request, image URLs, error."""
+    return _view(store, load_job(store, job_id, owner))
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    response_model=JobView,
+    responses={202: {"description": "Running job: it stops at its next step"}},
+    summary="Cancel a job",
+)
+def cancel_job(job_id: JobId, owner: Owner, store: Store, response: Response) -> JobView:
+    """Queued: canceled at once and never runs. Running: stops at the next step (202)."""
+    record = load_job(store, job_id, owner)
+    if record.status.terminal and record.status is not JobStatus.canceled:
+        raise Problem(409, "job-finished", "Job already finished", f"job is {record.status}")
+    store.request_cancel(job_id)
+    record = load_job(store, job_id, owner)
+    if record.status is JobStatus.running:
+        response.status_code = status.HTTP_202_ACCEPTED
+    logger.info("cancel requested for job %s (now %s)", job_id, record.status)
+    return _view(store, record)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+    summary="Server-sent events until the job ends",
+)
+def job_events(job_id: JobId, owner: Owner, store: Store) -> StreamingResponse:
+    """`event: job` with the job JSON whenever status or progress changes; ends when terminal."""
+    first = load_job(store, job_id, owner)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(_events(store, first), media_type="text/event-stream", headers=headers)
+
+
+def _frame(record: JobRecord, store: JobStore) -> str:
+    data = _view(store, record).model_dump_json(by_alias=True)
+    return f"event: job\ndata: {data}\n\n"
+
+
+async def _events(store: JobStore, record: JobRecord) -> AsyncIterator[str]:
+    """Poll the record; emit on change; stop after a terminal status."""
+    yield _frame(record, store)
+    seen = (record.status, record.progress_step)
+    last_sent = time.monotonic()
+    while not record.status.terminal:
+        await anyio.sleep(POLL_S)
+        try:
+            current = await anyio.to_thread.run_sync(_refresh, store, record)
+        except RedisError as exc:
+            logger.warning("event stream for %s lost redis: %s", record.id, exc)
+            problem = {"type": "urn:ldm-serve:problem:redis-unavailable", "status": 503}
+            yield f"event: error\ndata: {json.dumps(problem)}\n\n"
+            return
+        if current is None:
+            yield f"event: job\ndata: {json.dumps({'id': record.id, 'status': 'expired'})}\n\n"
+            return
+        record = current
+        if (record.status, record.progress_step) != seen:
+            seen = (record.status, record.progress_step)
+            last_sent = time.monotonic()
+            yield await anyio.to_thread.run_sync(_frame, record, store)
+        elif time.monotonic() - last_sent > KEEPALIVE_S:
+            last_sent = time.monotonic()
+            yield ": keep-alive\n\n"
+
+
+def _refresh(store: JobStore, record: JobRecord) -> JobRecord | None:
+    current = store.get(record.id)
+    return store.reconcile(current) if current is not None else None
+
+
+@router.get(
+    "/v1/jobs/{job_id}/images/{index}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    summary="Image bytes",
+)
+def get_image(
+    job_id: JobId, index: Annotated[int, Path(ge=0, le=1024)], owner: Owner, store: Store
+) -> Response:
+    """The encoded image with its content type (png, jpeg or webp as requested)."""
+    record = load_job(store, job_id, owner)
+    if index >= record.request.num_images:
+        raise Problem(404, "not-found", "Not found", f"index: job has {record.request.num_images}")
+    if record.status is not JobStatus.succeeded:
+        raise Problem(409, "not-ready", "Images not ready", f"job is {record.status}")
+    data = store.get_image(job_id, index)
+    if data is None:
+        raise Problem(410, "gone", "Gone", "the image expired")
+    fmt = record.request.output_format
+    headers = {
+        "Cache-Control": "private, max-age=3600",
+        "Content-Disposition": f'inline; filename="{job_id}-{index}.{fmt.value}"',
+    }
+    return Response(content=data, media_type=fmt.media_type, headers=headers)

@@ -1,0 +1,51 @@
+"""GET /v1/models: models served, with live worker counts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from jobs import keys
+from jobs.schema import OutputFormat, Sampler
+from service.auth import Owner
+from service.deps import Settings, Store
+
+router = APIRouter(tags=["models"])
+
+
+class ModelInfo(BaseModel):
+    """One served model and the workers consuming its queue."""
+
+    name: str
+    default: bool
+    queue: str
+    workers: int
+    queue_depth: int
+    samplers: list[Sampler]
+    output_formats: list[OutputFormat]
+
+
+class ModelList(BaseModel):
+    """GET /v1/models."""
+
+    data: list[ModelInfo]
+
+
+@router.get("/v1/models", response_model=ModelList, summary="Models served")
+def list_models(owner: Owner, store: Store, settings: Settings) -> ModelList:
+    """Every accepted model with its rq queue, live workers and queue depth."""
+    del owner  # authentication only
+    return ModelList(
+        data=[
+            ModelInfo(
+                name=name,
+                default=name == settings.model_name,
+                queue=keys.queue_name(name),
+                workers=store.live_workers(name),
+                queue_depth=store.queue(name).count,
+                samplers=list(Sampler),
+                output_formats=list(OutputFormat),
+            )
+            for name in settings.models
+        ]
+    )

@@ -1,0 +1,92 @@
+"""JSON representation of a job as the API returns it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.schema import JobError, JobRecord, JobStatus, ResolvedRequest
+
+
+class Progress(BaseModel):
+    """Denoising progress: `step` of `total`."""
+
+    step: int
+    total: int
+
+
+class Timings(BaseModel):
+    """Seconds spent queued, sampling and decoding (null until known)."""
+
+    queue_wait_s: float | None = None
+    sampling_s: float | None = None
+    decode_s: float | None = None
+
+
+class Links(BaseModel):
+    """Where to find this job and its outputs."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self")
+    events: str
+    images: list[str]
+
+
+class JobView(BaseModel):
+    """GET /v1/jobs/{id} (and the 202 body of POST /v1/txt2img)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    status: JobStatus
+    model: str
+    progress: Progress
+    queue_position: int | None = Field(None, description="0 = next; only while queued")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings: Timings
+    request: ResolvedRequest
+    images: list[str] = Field(description="image URLs once succeeded")
+    error: JobError | None = None
+    attempts: int
+    links: Links
+
+
+def job_path(job_id: str) -> str:
+    """URL path of a job."""
+    return f"/v1/jobs/{job_id}"
+
+
+def _time(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
+    """Render a record; image URLs only when the job succeeded."""
+    path = job_path(record.id)
+    images = []
+    if record.status is JobStatus.succeeded:
+        images = [f"{path}/images/{index}" for index in range(record.request.num_images)]
+    return JobView(
+        id=record.id,
+        status=record.status,
+        model=record.request.model,
+        progress=Progress(step=record.progress_step, total=record.progress_total),
+        queue_position=queue_position if record.status is JobStatus.queued else None,
+        created_at=datetime.fromtimestamp(record.created_at, UTC),
+        started_at=_time(record.started_at),
+        finished_at=_time(record.finished_at),
+        timings=Timings(
+            queue_wait_s=record.queue_wait_s,
+            sampling_s=record.sampling_s,
+            decode_s=record.decode_s,
+        ),
+        request=record.request,
+        images=images,
+        error=record.error,
+        attempts=record.attempts,
+        links=Links(self_=path, events=f"{path}/events", images=images),
+    )
