@@ -1,0 +1,313 @@
+"""docker-compose.yml without a Docker engine: schema-valid, and everything it names exists.
+
+Checks the compose file against the Compose Specification JSON schema, that every service, volume,
+network, bind-mounted file, build file, port and environment variable it names is real (env vars
+are settings the code reads or docs/architecture.md documents), that .env.example documents every
+setting, and that docker/redis.conf gives the durability the deploy guide promises, in a real
+redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, free_port, wait_for_port
+
+jsonschema = pytest.importorskip("jsonschema")
+yaml = pytest.importorskip("yaml")
+
+COMPOSE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+REDIS_CONF = REPO / "docker" / "redis.conf"
+PROMETHEUS_YML = REPO / "docker" / "prometheus" / "prometheus.yml"
+APP_SERVICES = ("api", "worker", "worker-gpu")
+WORKER_SERVICES = ("worker", "worker-gpu")
+# Variables docker compose itself understands (not ldm-serve settings).
+COMPOSE_BUILTINS = {"COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE"}
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
+
+
+def compose_schema_path() -> Path:
+    """The shared Compose Specification schema, or the copy kept in tests/data."""
+    shared = REPO.parent / "shared" / "data" / "compose-spec.json"
+    return shared if shared.is_file() else REPO / "tests" / "data" / "compose-spec.json"
+
+
+def interpolate(text: str) -> str:
+    """Resolve ${VAR:-default} the way compose does with an empty environment."""
+    return INTERPOLATION.sub(lambda match: match.group(2) or "", text)
+
+
+def load_compose() -> dict[str, Any]:
+    """docker-compose.yml after interpolation with defaults (what `docker compose config` sees)."""
+    return yaml.safe_load(interpolate(COMPOSE.read_text()))
+
+
+def settings_in_code() -> set[str]:
+    """Env var names of the API and worker settings classes (empty if not importable yet)."""
+    names: set[str] = set()
+    classes = []
+    try:
+        from service.settings import ApiSettings
+
+        classes.append(ApiSettings)
+    except ImportError:
+        pass
+    try:
+        from workers.settings import WorkerSettings
+
+        classes.append(WorkerSettings)
+    except ImportError:
+        pass
+    for cls in classes:
+        prefix = cls.model_config.get("env_prefix", "")
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, str):
+                names.add(alias.upper())
+            elif alias is not None and hasattr(alias, "choices"):
+                names.add(str(alias.choices[0]).upper())
+            else:
+                names.add(f"{prefix}{field_name}".upper())
+    return names
+
+
+def settings_in_docs() -> set[str]:
+    """Env var names listed in docs/architecture.md, section "Settings"."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"\b(REDIS_URL|LDM_[A-Z0-9_]*[A-Z0-9])\b", section))
+
+
+def all_settings() -> set[str]:
+    return settings_in_code() | settings_in_docs()
+
+
+def env_example_names() -> set[str]:
+    """Variables .env.example documents (commented `# NAME=value` lines count)."""
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+
+
+def seconds(duration: str | int) -> float:
+    """A compose duration ('1m30s', '660s', 90) in seconds."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts, f"unparseable duration {duration!r}"
+    return sum(float(value) * units[unit] for value, unit in parts)
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host path, container path) of each short-syntax bind mount ('./x:/y[:ro]')."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append((source, target))
+    return mounts
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads(compose_schema_path().read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+
+
+def test_expected_services_with_restart_and_healthcheck(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "worker", "worker-gpu", "prometheus", "grafana"}
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
+        test = service.get("healthcheck", {}).get("test")
+        assert test and not service["healthcheck"].get("disable"), f"{name}: no healthcheck"
+
+
+def test_references_between_services_networks_and_volumes(compose: dict[str, Any]) -> None:
+    services, networks = compose["services"], set(compose.get("networks", {}))
+    volumes = set(compose.get("volumes", {}))
+    for name, service in services.items():
+        assert set(service.get("depends_on", {})) <= set(services), name
+        assert set(service.get("networks", [])) <= networks, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in volumes, f"{name}: undeclared volume {source}"
+
+
+def test_build_contexts_and_dockerfiles_exist(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build is None:
+            continue
+        context = (REPO / build["context"]).resolve()
+        assert context.is_dir(), name
+        assert (context / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']}"
+
+
+@pytest.mark.parametrize(
+    "service_name", ["redis", "api", "worker", "worker-gpu", "prometheus", "grafana"]
+)
+def test_bind_mounted_paths_exist(compose: dict[str, Any], service_name: str) -> None:
+    for source, target in bind_mounts(compose["services"][service_name]):
+        path = (REPO / source).resolve()
+        if not path.exists() and source.rstrip("/") == "./models":
+            pytest.skip("models/ is produced by the default-model task (MODELS_DIR default)")
+        assert path.exists(), f"{service_name}: {source} -> {target} does not exist"
+
+
+def test_redis_is_private_durable_and_never_evicts(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert "ports" not in redis, "Redis must not publish a port"
+    for network in redis["networks"]:
+        assert compose["networks"][network].get("internal") is True, network
+    mounts = dict((target, source) for source, target in bind_mounts(redis))
+    conf_path = redis["command"][1]
+    assert (REPO / mounts[conf_path]).resolve() == REDIS_CONF
+    assert "--maxmemory" in redis["command"]
+    conf = REDIS_CONF.read_text()
+    for line in ("appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"):
+        assert re.search(rf"^{line}$", conf, re.MULTILINE), line
+
+
+def test_redis_conf_loads_in_a_real_redis_server(tmp_path: Path) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    import redis
+
+    port = free_port()
+    args = [binary, str(REDIS_CONF), "--port", str(port), "--bind", "127.0.0.1"]
+    args += ["--dir", str(tmp_path), "--maxmemory", "64mb"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_for_port(port, timeout=10)
+        except TimeoutError:
+            process.kill()
+            pytest.fail(process.communicate()[0].decode(errors="replace"))
+        client = redis.Redis(port=port)
+        expected = {
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "maxmemory-policy": "noeviction",
+            "maxmemory": str(64 * 1024 * 1024),
+        }
+        for key, value in expected.items():
+            assert client.config_get(key)[key] == value, key
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_workers_scale_and_prometheus_discovers_them(compose: dict[str, Any]) -> None:
+    scrape = yaml.safe_load(PROMETHEUS_YML.read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    sd = jobs["ldm-worker"]["dns_sd_configs"]
+    names = {name for config in sd for name in config["names"]}
+    assert names == set(WORKER_SERVICES)
+    for name in WORKER_SERVICES:
+        service = compose["services"][name]
+        # `--scale worker=N` breaks on a fixed container name or a published host port.
+        assert "container_name" not in service and "ports" not in service, name
+        port = int(service["environment"]["LDM_METRICS_PORT"])
+        assert {config["type"] for config in sd} == {"A"}
+        assert {config["port"] for config in sd} == {port}
+        assert str(port) in [str(p) for p in service["expose"]], name
+        prometheus_nets = set(compose["services"]["prometheus"]["networks"])
+        assert prometheus_nets & set(service["networks"]), f"prometheus cannot reach {name}"
+    api_sd = jobs["ldm-api"]["dns_sd_configs"]
+    assert api_sd[0]["names"] == ["api"] and api_sd[0]["type"] == "A"
+    assert api_sd[0]["port"] == int(compose["services"]["api"]["environment"]["LDM_API_PORT"])
+
+
+def test_worker_stop_grace_outlasts_a_job(compose: dict[str, Any]) -> None:
+    job_timeout = 600  # LDM_JOB_TIMEOUT default (docs/architecture.md)
+    for name in WORKER_SERVICES:
+        service = compose["services"][name]
+        grace = float(service["environment"]["LDM_SHUTDOWN_GRACE"])
+        assert grace >= job_timeout, name
+        assert seconds(service["stop_grace_period"]) > grace, name
+
+
+def test_gpu_service_reserves_an_nvidia_gpu_and_mounts_user_models(
+    compose: dict[str, Any],
+) -> None:
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert gpu["build"]["args"]["DEVICE"] == "gpu"
+    assert ("./models", "/models") in bind_mounts(gpu)
+    assert gpu["volumes"][0].endswith(":ro")
+    assert gpu["environment"]["LDM_MODEL"].startswith("/models/")
+    assert gpu["environment"]["LDM_DEVICE"] == "cuda"
+    cpu = compose["services"]["worker"]
+    assert "profiles" not in cpu, "plain `docker compose up` must start the CPU worker"
+    assert cpu["build"]["args"]["DEVICE"] == "cpu" and cpu["environment"]["LDM_DEVICE"] == "cpu"
+
+
+def test_published_ports(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["api"]["ports"] == ["8000:8000"]
+    assert services["grafana"]["ports"] == ["3000:3000"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    published = {name for name, service in services.items() if "ports" in service}
+    assert published == {"api", "grafana", "prometheus"}
+
+
+def test_container_env_vars_are_real_settings(compose: dict[str, Any]) -> None:
+    known = all_settings()
+    for name in APP_SERVICES:
+        unknown = set(compose["services"][name]["environment"]) - known
+        assert not unknown, f"{name}: {sorted(unknown)} are not ldm-serve settings"
+    grafana_env = compose["services"]["grafana"]["environment"]
+    assert all(key.startswith("GF_") for key in grafana_env)
+
+
+def test_interpolated_variables_are_documented_in_env_example() -> None:
+    used = set(INTERPOLATION.findall(COMPOSE.read_text()))
+    missing = {name for name, _ in used} - env_example_names()
+    assert not missing, f".env.example lacks {sorted(missing)}"
+
+
+def test_env_example_documents_every_setting_and_nothing_else() -> None:
+    documented = env_example_names()
+    missing = all_settings() - documented
+    assert not missing, f".env.example lacks settings {sorted(missing)}"
+    compose_vars = {name for name, _ in INTERPOLATION.findall(COMPOSE.read_text())}
+    stale = documented - all_settings() - compose_vars - COMPOSE_BUILTINS
+    assert not stale, f".env.example documents unknown variables {sorted(stale)}"
+
+
+def test_grafana_and_prometheus_mounts_match_their_configs(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    mounts = {target: (REPO / source).resolve() for source, target in bind_mounts(grafana)}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    provider = yaml.safe_load((provisioning / "dashboards" / "ldm-serve.yml").read_text())
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    assert dashboards_path in mounts and any(mounts[dashboards_path].glob("*.json"))
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (mounts[dashboards_path] / Path(home).relative_to(dashboards_path)).is_file()
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert set(grafana["networks"]) & set(compose["services"]["prometheus"]["networks"])
+
+    prometheus = compose["services"]["prometheus"]
+    mounts = {target: (REPO / source).resolve() for source, target in bind_mounts(prometheus)}
+    config = next(a.split("=", 1)[1] for a in prometheus["command"] if "config.file" in a)
+    assert (mounts["/etc/prometheus"] / Path(config).relative_to("/etc/prometheus")).is_file()
