@@ -176,7 +176,8 @@ class JobStore:
             self.finish(record.id, JobStatus.failed, error=error)
         elif rq_status in (RqStatus.CANCELED, RqStatus.STOPPED):
             self.finish(record.id, JobStatus.canceled)
-        elif rq_status == RqStatus.QUEUED and record.status is JobStatus.running:
+        elif record.status is JobStatus.running and self.queue_position(record) is not None:
+            # Back in the queue list (not merely popped and not yet started): rq retried it.
             self._set(record.id, (JobStatus.running,), {"status": JobStatus.queued.value})
         else:
             return record
