@@ -1,0 +1,142 @@
+"""Pure continuous-batching decisions: admission, retirement, progress and failure isolation.
+
+Nothing here touches Redis, rq or torch: the loop describes its claimed jobs as `Slot`s (in the
+order they were dequeued) and asks what to do next.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class Slot:
+    """One claimed job as the batching policy sees it (the loop updates the counters)."""
+
+    job_id: str
+    width: int
+    height: int
+    steps: int
+    samples: int  # num_images: each image is one sample in the batch
+    admitted: int = 0  # samples handed to the engine in this attempt
+    active: int = 0  # samples in the engine right now
+    done: int = 0  # samples that finished denoising in this attempt
+    group: int | None = None  # isolation group after a batch failure; None = shares freely
+    cap: int | None = None  # most samples of this job in the engine at once (OOM backoff)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """(width, height): only samples of one resolution share a batch."""
+        return (self.width, self.height)
+
+    @property
+    def waiting(self) -> int:
+        """Samples not yet handed to the engine."""
+        return self.samples - self.admitted
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Hand `count` more samples of job `job_id` to the engine, starting at image `first`."""
+
+    job_id: str
+    first: int
+    count: int
+
+
+def running_samples(slots: Sequence[Slot]) -> int:
+    """Samples currently in the engine."""
+    return sum(slot.active for slot in slots)
+
+
+def _batch_key(slots: Sequence[Slot]) -> tuple[tuple[int, int], int | None] | None:
+    """(resolution, group) of the running batch, or None when the engine is empty."""
+    for slot in slots:
+        if slot.active:
+            return slot.resolution, slot.group
+    return None
+
+
+def plan_admissions(slots: Sequence[Slot], max_batch: int) -> list[Admission]:
+    """Which waiting samples join the batch now, in FIFO order, without reordering jobs.
+
+    A job joins only if it has the running batch's resolution and isolation group; the first job
+    that cannot join blocks those behind it (no starvation of large or odd-sized requests).
+    """
+    room = max_batch - running_samples(slots)
+    key = _batch_key(slots)
+    plan: list[Admission] = []
+    for slot in slots:
+        if slot.waiting <= 0:
+            continue
+        if room <= 0:
+            break
+        if key is None:
+            key = (slot.resolution, slot.group)
+        elif key != (slot.resolution, slot.group):
+            break
+        cap = slot.cap if slot.cap is not None else slot.samples
+        count = min(slot.waiting, room, cap - slot.active)
+        if count <= 0:
+            break
+        plan.append(Admission(slot.job_id, slot.admitted, count))
+        room -= count
+    return plan
+
+
+def should_dequeue(slots: Sequence[Slot], max_batch: int, *, draining: bool = False) -> bool:
+    """Whether to claim another queued job: only when every claimed sample is running and
+    the batch still has room (claimed-but-blocked jobs would otherwise pile up here)."""
+    if draining:
+        return False
+    if any(slot.waiting > 0 for slot in slots):
+        return False
+    return running_samples(slots) < max_batch
+
+
+def is_complete(slot: Slot) -> bool:
+    """All of a job's samples finished denoising: it can be decoded and retired."""
+    return slot.done >= slot.samples
+
+
+def job_progress(slot: Slot, active_steps_done: Sequence[int]) -> tuple[int, int]:
+    """(step, total) of a job: its sample-steps so far averaged over its images."""
+    sample_steps = slot.done * slot.steps + sum(active_steps_done)
+    return min(slot.steps, math.floor(sample_steps / max(1, slot.samples))), slot.steps
+
+
+def split_for_retry(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Bisect the jobs of a failed batch so a bad member ends up failing alone."""
+    half = (len(job_ids) + 1) // 2
+    return list(job_ids[:half]), list(job_ids[half:])
+
+
+def backoff_cap(active: int) -> int | None:
+    """Per-job sample cap after one job alone ran out of memory; None once it is down to 1."""
+    return active // 2 if active > 1 else None
+
+
+def retry_plan(
+    slots: Sequence[Slot], failed_ids: Sequence[str], next_group: int, *, oom: bool
+) -> dict[str, tuple[int | None, int | None]]:
+    """After a batched step raised: job id -> (group, cap) to rerun, absent = fail it now.
+
+    Several jobs: bisect into two fresh isolation groups. One job with several samples in the
+    batch that ran out of memory: halve its cap. Otherwise the job failed alone.
+    """
+    by_id = {slot.job_id: slot for slot in slots}
+    if len(failed_ids) > 1:
+        left, right = split_for_retry(failed_ids)
+        plan: dict[str, tuple[int | None, int | None]] = {}
+        for offset, half in enumerate((left, right)):
+            for job_id in half:
+                plan[job_id] = (next_group + offset, by_id[job_id].cap)
+        return plan
+    if len(failed_ids) == 1 and oom:
+        slot = by_id[failed_ids[0]]
+        cap = backoff_cap(slot.active)
+        if cap is not None:
+            return {slot.job_id: (next_group, cap)}
+    return {}

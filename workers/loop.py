@@ -1,0 +1,345 @@
+"""The continuous-batching loop: admit between UNet steps, step once, retire, report, repeat."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from jobs.schema import JobError, JobStatus, ResolvedRequest
+from jobs.store import JobStore
+from workers import batching
+from workers.batching import Slot
+from workers.metrics import WorkerMetrics
+from workers.retire import Retirer, classify
+from workers.rq_bridge import Claim, RqBridge
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Handle(Protocol):
+    """A sample inside the engine (model.engine handle)."""
+
+    steps_done: int
+    total_steps: int
+    tag: Any
+
+
+class Engine(Protocol):
+    """The subset of model.engine.BatchEngine the loop drives."""
+
+    def add(self, spec: Any, tag: Any = None) -> Any: ...
+    def step(self) -> list[Any]: ...
+    def remove(self, handle: Any) -> None: ...
+    def decode(self, handles: list[Any]) -> list[Any]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class Runtime:
+    """What the loop needs from the model layer, injectable for fault tests."""
+
+    engine_factory: Callable[[], Engine]
+    spec_factory: Callable[..., Any]
+    device: str = "cpu"
+
+
+@dataclass
+class Run:
+    """Everything the worker holds for one claimed job."""
+
+    claim: Claim
+    request: ResolvedRequest
+    slot: Slot
+    started: float = field(default_factory=time.monotonic)
+    timeout: float = 600.0
+    active: dict[int, Any] = field(default_factory=dict)  # image index -> engine handle
+    finished: dict[int, Any] = field(default_factory=dict)
+
+
+class BatchLoop:
+    """Drives one BatchEngine from one rq queue until stopped; `run()` returns the exit code."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        runtime: Runtime,
+        bridge: RqBridge,
+        store: JobStore,
+        metrics: WorkerMetrics,
+        touch: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.engine = runtime.engine_factory()
+        self.bridge = bridge
+        self.store = store
+        self.metrics = metrics
+        self.touch = touch
+        self.retirer = Retirer(store, bridge, metrics, settings.model_name)
+        self.runs: dict[str, Run] = {}
+        self.slots: list[Slot] = []
+        self.next_group = 1
+        self.stopping = False
+        self.deadline = float("inf")
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop admitting and drain; a second signal hands work back at once."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            log.warning("second %s: handing running jobs back now", signal.Signals(signum).name)
+            self.deadline = 0.0
+            return
+        log.info(
+            "%s: draining %d running jobs (grace %.0fs)",
+            signal.Signals(signum).name,
+            len(self.runs),
+            self.settings.shutdown_grace,
+        )
+        self.stopping = True
+        self.deadline = time.monotonic() + self.settings.shutdown_grace
+
+    def busy(self) -> bool:
+        """True while samples are in the engine (the watchdog only judges a busy worker)."""
+        return bool(self.runs)
+
+    def run(self) -> int:
+        """Serve until a graceful stop (0); Redis outages longer than the retry window and
+        unexpected errors propagate to the caller (which exits non-zero)."""
+        outage_since: float | None = None
+        while True:
+            try:
+                if self.stopping and (not self.runs or time.monotonic() >= self.deadline):
+                    self.hand_back_all()
+                    log.info("worker stopped")
+                    return 0
+                if outage_since is not None:
+                    self.release_untracked()
+                    outage_since = None
+                self.iterate()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since > self.settings.redis_retry_seconds:
+                    raise
+                log.warning("redis unavailable (%s); retrying", exc)
+                self.touch()
+                time.sleep(1.0)
+
+    def iterate(self) -> None:
+        """One round: claim jobs, admit samples, step once, retire, report progress."""
+        self.fill()
+        self.admit()
+        if len(self.engine) == 0:
+            return
+        active = len(self.engine)
+        try:
+            finished = self.engine.step()
+        except Exception as exc:
+            self.on_step_failure(exc)
+            return
+        self.touch()
+        self.metrics.batch_size.observe(active)
+        self.metrics.denoising_steps.inc(active)
+        for handle in finished:
+            self.on_sample_done(handle)
+        self.retire_complete()
+        self.report_progress()
+        self.enforce_timeouts()
+        self.metrics.running_samples.set(len(self.engine))
+
+    # --- claiming and admission -----------------------------------------------------------------
+
+    def fill(self) -> None:
+        """Claim queued jobs one at a time while the batch has room (block briefly when idle)."""
+        while batching.should_dequeue(self.slots, self.settings.max_batch, draining=self.stopping):
+            timeout = self.settings.idle_poll_seconds if not self.runs else None
+            job = self.bridge.dequeue(timeout)
+            if job is None:
+                return
+            self.accept(self.bridge.claim(job))
+
+    def accept(self, claim: Claim) -> None:
+        """Start our record for a claimed job, or end it at once (canceled, undecodable)."""
+        job_id = claim.job.id
+        try:
+            self.bridge.validate(claim)
+        except Exception as exc:
+            log.warning("job %s rejected: %s", job_id, exc)
+            self.store.finish(
+                job_id, JobStatus.failed, error=JobError(type="error", message=str(exc))
+            )
+            self.bridge.fail(claim, "error", str(exc))
+            self.metrics.job_ended("failed", "error")
+            return
+        record = self.store.start(job_id)
+        if record is None:
+            log.info("job %s skipped: canceled or expired before it started", job_id)
+            self.bridge.cancel(claim)
+            return
+        request = record.request
+        timeout = self.settings.job_timeout
+        if claim.job.timeout and claim.job.timeout > 0:
+            timeout = min(timeout, float(claim.job.timeout))
+        slot = Slot(job_id, request.width, request.height, request.steps, request.num_images)
+        self.runs[job_id] = Run(claim, request, slot, timeout=timeout)
+        self.slots.append(slot)
+        if record.queue_wait_s is not None:
+            self.metrics.queue_wait.observe(record.queue_wait_s)
+        log.info(
+            "job_started job_id=%s attempt=%d size=%dx%d steps=%d images=%d sampler=%s",
+            job_id, record.attempts, request.width, request.height, request.steps,
+            request.num_images, request.sampler.value,
+        )  # fmt: skip
+
+    def admit(self) -> None:
+        """Hand waiting samples to the engine as the batching policy allows."""
+        for admission in batching.plan_admissions(self.slots, self.settings.max_batch):
+            run = self.runs[admission.job_id]
+            try:
+                for index in range(admission.first, admission.first + admission.count):
+                    run.active[index] = self.engine.add(
+                        self._spec(run.request, index), tag=(run.slot.job_id, index)
+                    )
+                    run.slot.admitted += 1
+                    run.slot.active += 1
+            except Exception as exc:
+                self._drop_from_engine(run)
+                self.end_failed(run, classify(exc), f"could not start sampling: {exc}")
+        self.touch()
+
+    def _spec(self, request: ResolvedRequest, index: int) -> Any:
+        """The engine's SampleSpec of image `index` of a request (seed + index)."""
+        return self.runtime.spec_factory(
+            prompt=request.prompt, negative_prompt=request.negative_prompt,
+            seed=request.seed + index, width=request.width, height=request.height,
+            steps=request.steps, guidance_scale=request.guidance_scale,
+            sampler=request.sampler.value, eta=request.eta, karras=request.karras,
+        )  # fmt: skip
+
+    # --- stepping, retirement -------------------------------------------------------------------
+
+    def on_sample_done(self, handle: Any) -> None:
+        """A sample finished denoising: keep its handle until the whole job can be decoded."""
+        job_id, index = handle.tag
+        run = self.runs.get(job_id)
+        if run is None or run.active.pop(index, None) is None:
+            return
+        run.finished[index] = handle
+        run.slot.active -= 1
+        run.slot.done += 1
+
+    def retire_complete(self) -> None:
+        """Decode, encode and store every job whose samples all finished."""
+        complete = [run for run in self.runs.values() if batching.is_complete(run.slot)]
+        if not complete:
+            return
+        for run in complete:
+            self._forget(run)
+        self.retirer.retire(self.engine, complete)
+        self.metrics.record_memory(self.runtime.device)
+        self.touch()
+
+    def on_step_failure(self, exc: Exception) -> None:
+        """A batched step raised: rerun the members apart (bisect), fail a member that is alone."""
+        reason = classify(exc)
+        failed = [slot.job_id for slot in self.slots if slot.active > 0]
+        log.warning("step failed reason=%s jobs=%s: %r", reason, ",".join(failed), exc)
+        plan = batching.retry_plan(self.slots, failed, self.next_group, oom=reason == "oom")
+        self.next_group += 2
+        self.engine = self.runtime.engine_factory()  # the old one may hold half-updated state
+        if reason == "oom" and self.runtime.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        for job_id in failed:
+            run = self.runs[job_id]
+            run.active.clear()
+            run.finished.clear()
+            if job_id in plan:
+                run.slot.group, run.slot.cap = plan[job_id]
+                run.slot.admitted = run.slot.active = run.slot.done = 0
+            else:
+                self.end_failed(run, reason, str(exc) or type(exc).__name__)
+        self.touch()
+
+    # --- progress, cancellation, timeouts -------------------------------------------------------
+
+    def report_progress(self) -> None:
+        """One round trip: write every running job's progress and learn which to stop."""
+        progress = {
+            job_id: batching.job_progress(run.slot, [h.steps_done for h in run.active.values()])
+            for job_id, run in self.runs.items()
+        }
+        stop = self.store.report_progress(progress)
+        stop |= {job_id for job_id in self.runs if self.bridge.stop_requested(job_id)}
+        for job_id in stop:
+            run = self.runs.get(job_id)
+            if run is not None:
+                self.end_canceled(run)
+
+    def enforce_timeouts(self) -> None:
+        """Fail jobs running longer than their timeout (checked between steps)."""
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            if now - run.started > run.timeout:
+                self._drop_from_engine(run)
+                self.end_failed(run, "timeout", f"job exceeded its {run.timeout:g}s timeout")
+
+    # --- endings --------------------------------------------------------------------------------
+
+    def end_failed(self, run: Run, reason: str, message: str) -> None:
+        """Fail one job for good (record, rq, metrics)."""
+        self._forget(run)
+        self.retirer.fail(run, reason, message)
+
+    def end_canceled(self, run: Run) -> None:
+        """Stop a job at this step and discard its partial output."""
+        self._drop_from_engine(run)
+        self._forget(run)
+        self.retirer.cancel(run)
+
+    def hand_back_all(self) -> None:
+        """Return every held job to the front of the queue (shutdown ran out of grace)."""
+        for run in list(self.runs.values()):
+            self._drop_from_engine(run)
+            self._forget(run)
+            self.store.requeue(run.slot.job_id)
+            self.bridge.hand_back(run.claim)
+            log.info("job_handed_back job_id=%s", run.slot.job_id)
+
+    def release_untracked(self) -> None:
+        """After a Redis outage: hand back jobs rq thinks we hold but the loop lost mid-ending."""
+        for job_id, claim in list(self.bridge.claims.items()):
+            if job_id not in self.runs:
+                log.warning("job_handed_back job_id=%s reason=redis_outage", job_id)
+                self.store.requeue(job_id)
+                self.bridge.hand_back(claim)
+
+    def _drop_from_engine(self, run: Run) -> None:
+        """Remove a job's still-denoising samples from the engine."""
+        for handle in run.active.values():
+            try:
+                self.engine.remove(handle)
+            except Exception:
+                log.warning("engine.remove failed for %s", handle.tag, exc_info=True)
+        run.slot.active -= len(run.active)
+        run.active.clear()
+
+    def _forget(self, run: Run) -> None:
+        """Stop tracking a job in the batching state."""
+        self.runs.pop(run.slot.job_id, None)
+        self.slots = [slot for slot in self.slots if slot is not run.slot]

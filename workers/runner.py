@@ -1,0 +1,146 @@
+"""`ldm-serve worker`: load the model once, register with rq, run the batching loop, exit right.
+
+Exit codes: 0 after a graceful stop; 1 when the loop gives up (Redis gone, unexpected error);
+70 from the watchdog when busy without step progress. Anything non-zero is restarted by
+`restart: unless-stopped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from redis import Redis
+
+from jobs.store import JobStore
+from workers.loop import BatchLoop, Runtime
+from workers.metrics import WorkerMetrics, serve
+from workers.rq_bridge import Heartbeat, RqBridge
+from workers.settings import WorkerSettings
+from workers.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[WorkerSettings], Runtime]
+
+
+def resolve_device(setting: str) -> str:
+    """`auto` -> cuda when available, else cpu."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(setting: str, device: str) -> torch.dtype:
+    """`auto` -> float16 on CUDA, float32 on CPU."""
+    import torch
+
+    if setting == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    dtype: torch.dtype = getattr(torch, setting)
+    return dtype
+
+
+def model_runtime(settings: WorkerSettings) -> Runtime:
+    """Load the pipeline once and wrap it in a BatchEngine factory (the production runtime)."""
+    from model.engine import BatchEngine, SampleSpec
+    from model.pipeline import load_pipeline
+
+    device = resolve_device(settings.device)
+    pipe = load_pipeline(settings.model, device=device, dtype=resolve_dtype(settings.dtype, device))
+    return Runtime(
+        engine_factory=lambda: BatchEngine(pipe, max_batch=settings.max_batch),
+        spec_factory=SampleSpec,
+        device=device,
+    )
+
+
+def configure_logging(level: str) -> None:
+    """One line per event: time, level, logger, key=value message."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s",
+    )
+
+
+def run_worker(settings: WorkerSettings, runtime_factory: RuntimeFactory = model_runtime) -> int:
+    """Run one worker process to completion and return its exit code."""
+    metrics = WorkerMetrics(settings.model_name)
+    metrics.max_batch.set(settings.max_batch)
+    serve(settings.metrics_port)
+    started = time.monotonic()
+    runtime = runtime_factory(settings)
+    metrics.model_load.set(time.monotonic() - started)
+    log.info(
+        "model_loaded model=%s path=%s device=%s seconds=%.3f max_batch=%d",
+        settings.model_name, settings.model, runtime.device, time.monotonic() - started,
+        settings.max_batch,
+    )  # fmt: skip
+
+    connection = Redis.from_url(settings.redis_url)
+    store = JobStore(
+        connection, result_ttl=settings.result_ttl, job_timeout=int(settings.job_timeout)
+    )
+    bridge = RqBridge(
+        connection,
+        settings.queue_name,
+        name=settings.worker_name,
+        heartbeat_ttl=settings.heartbeat_ttl,
+        maintenance_interval=settings.maintenance_interval,
+        result_ttl=settings.result_ttl,
+    )
+    bridge.on_abandoned = abandoned_hook(store, metrics)
+    loop_ref: list[BatchLoop] = []
+    watchdog = Watchdog(
+        settings.watchdog_seconds, busy=lambda: bool(loop_ref and loop_ref[0].busy())
+    )
+    loop = BatchLoop(settings, runtime, bridge, store, metrics, touch=watchdog.touch)
+    loop_ref.append(loop)
+    loop.install_signal_handlers()
+    bridge.register()
+    heartbeat = Heartbeat(bridge, settings.heartbeat_interval)
+    heartbeat.start()
+    watchdog.start()
+    code = 1
+    try:
+        code = loop.run()
+    except Exception:
+        log.exception("worker loop gave up")
+        try:
+            loop.hand_back_all()
+        except Exception:
+            log.exception("could not hand running jobs back; rq cleanup will requeue them")
+    finally:
+        watchdog.stop()
+        heartbeat.stop()
+        try:
+            bridge.unregister()
+        except Exception:
+            log.warning("could not register worker death", exc_info=True)
+        metrics.record_memory(runtime.device)
+    log.info("worker exiting with code %d", code)
+    return code
+
+
+def abandoned_hook(store: JobStore, metrics: WorkerMetrics) -> Callable[[str, bool], None]:
+    """Keep our record in step when rq's cleanup requeues or fails a dead worker's job."""
+    from jobs.schema import JobError, JobStatus
+
+    def on_abandoned(job_id: str, requeued: bool) -> None:
+        if requeued:
+            store.requeue(job_id)
+            log.warning("job_requeued job_id=%s reason=abandoned", job_id)
+            return
+        error = JobError(type="abandoned", message="the worker running this job stopped")
+        store.finish(job_id, JobStatus.failed, error=error)
+        metrics.job_ended("failed", "abandoned")
+        log.warning("job_failed job_id=%s reason=abandoned", job_id)
+
+    return on_abandoned

@@ -1,0 +1,53 @@
+"""Typed settings of one batching worker process; every knob has an env var and a default."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Configuration of `ldm-serve worker`, read from `LDM_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LDM_", populate_by_name=True, extra="ignore")
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    model: str = "models/default"
+    model_name: str = "default"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_batch: int = Field(default=8, ge=1, le=256)
+    job_timeout: float = Field(default=600.0, gt=0)
+    result_ttl: int = Field(default=3600, ge=1)
+    metrics_port: int = Field(default=9101, ge=0, le=65535)  # 0 disables the metrics endpoint
+    worker_name: str | None = None
+    # Liveness bookkeeping. A dead worker's jobs are requeued (or failed 'abandoned') after at most
+    # heartbeat_ttl + maintenance_interval seconds, by whichever worker runs maintenance next.
+    heartbeat_ttl: int = Field(default=60, ge=2)
+    heartbeat_interval: float = Field(default=0.0, ge=0)  # 0 means heartbeat_ttl / 4
+    maintenance_interval: int = Field(default=60, ge=1)
+    idle_poll_seconds: int = Field(
+        default=1, ge=1
+    )  # BLMOVE timeout while idle; bounds SIGTERM latency
+    watchdog_seconds: float = Field(
+        default=300.0, gt=0
+    )  # exit non-zero if busy without step progress
+    shutdown_grace: float = Field(default=60.0, ge=0)  # SIGTERM: finish running work for this long
+    redis_retry_seconds: float = Field(
+        default=30.0, ge=0
+    )  # then exit non-zero and let restart handle it
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _derive_heartbeat_interval(self) -> WorkerSettings:
+        """Heartbeat several times per TTL so one late beat never looks like death."""
+        if self.heartbeat_interval <= 0 or self.heartbeat_interval >= self.heartbeat_ttl:
+            self.heartbeat_interval = self.heartbeat_ttl / 4
+        return self
+
+    @property
+    def queue_name(self) -> str:
+        """The one rq queue this worker listens on: `ldm:<model name>`."""
+        return f"ldm:{self.model_name}"
