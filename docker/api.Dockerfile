@@ -25,7 +25,7 @@ EXPOSE 8000
 
 # urllib instead of curl: the slim image has no curl.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('LDM_API_PORT', '8000'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LDM_API_PORT', '8000'), timeout=4)"]
 
 ENTRYPOINT ["ldm-serve"]
 CMD ["api"]
