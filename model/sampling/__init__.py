@@ -1,0 +1,1 @@
+"""Schedules, the denoiser adapter, classifier-free guidance and generator-style samplers."""

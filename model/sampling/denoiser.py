@@ -1,0 +1,76 @@
+"""Denoiser scaling: turn an eps- or v-predicting network into D(x; sigma) in VE space.
+
+Karras et al. (2022), Eq. 7: D(x; sigma) = c_skip x + c_out F(c_in x; t(sigma)). For a VP-trained
+network c_in = 1 / sqrt(sigma^2 + 1) (its input is the VP latent); eps-prediction has c_skip = 1,
+c_out = -sigma; v-prediction (Salimans & Ho 2022) has c_skip = 1 / (sigma^2 + 1),
+c_out = -sigma / sqrt(sigma^2 + 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from model.sampling.schedule import PREDICTION_TYPES, SamplingGrid
+
+
+class Denoiser(Protocol):
+    """D(x; sigma): the denoised estimate of VE latents x (B, C, h, w) at noise levels sigma."""
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+class Network(Protocol):
+    """An eps/v-predicting network: ``net(x_in, t, context) -> output`` shaped like x_in."""
+
+    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, context: Any) -> torch.Tensor: ...
+
+
+def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """Sigma as a (B, 1, 1, 1) (or 0-d) tensor on x's device and dtype, broadcastable against x."""
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    if sigma.ndim == 0:
+        return sigma
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1)
+
+
+def model_input_scale(sigma: torch.Tensor) -> torch.Tensor:
+    """c_in = 1 / sqrt(sigma^2 + 1): scales the VE latent to the VP network input."""
+    return 1 / (sigma**2 + 1) ** 0.5
+
+
+def denoised_from_output(
+    x: torch.Tensor, sigma: torch.Tensor | float, output: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """D(x; sigma) from the network output; sigma is a scalar or one per sample (B,)."""
+    sigma = per_sample(sigma, x)
+    if prediction_type == "epsilon":
+        return x - sigma * output
+    if prediction_type == "v_prediction":
+        c_skip = 1 / (sigma**2 + 1)
+        c_out = -sigma / (sigma**2 + 1) ** 0.5
+        return c_skip * x + c_out * output
+    raise ValueError(f"prediction_type={prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+class NetworkDenoiser:
+    """Wraps ``net(x_in, t, context)`` and a SamplingGrid into a `Denoiser` (simple path)."""
+
+    def __init__(
+        self, net: Network, grid: SamplingGrid, prediction_type: str, context: Any = None
+    ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type={prediction_type!r}; expected {PREDICTION_TYPES}")
+        self.net = net
+        self.grid = grid
+        self.prediction_type = prediction_type
+        self.context = context
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)  # (1,) or (B,)
+        sigma = sigma.expand(x.shape[0])  # (B,)
+        t = self.grid.timestep_for(sigma).to(x.device)  # (B,)
+        x_in = x * per_sample(model_input_scale(sigma), x)  # (B, C, h, w) VP latent
+        output = self.net(x_in, t, self.context)
+        return denoised_from_output(x, sigma, output, self.prediction_type)
