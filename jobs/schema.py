@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -70,15 +71,24 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+def _size_field(limits: Limits) -> Any:
+    """Width/height: multiple of 8 within bounds; defaults are validated too (max_pixels)."""
+    return Field(
+        min(limits.default_size, limits.max_size),
+        ge=limits.min_size,
+        le=limits.max_size,
+        multiple_of=8,
+        validate_default=True,
+    )
+
+
 def _bounded_fields(limits: Limits) -> dict[str, Any]:
     """Field(...) for every bounded request parameter, taken from `limits`."""
-    size = {"ge": limits.min_size, "le": limits.max_size, "multiple_of": 8}
-    size["validate_default"] = True  # defaults must respect max_pixels too
     return {
         "prompt": Field(min_length=1, max_length=limits.max_prompt_chars),
         "negative_prompt": Field("", max_length=limits.max_prompt_chars),
-        "width": Field(min(limits.default_size, limits.max_size), **size),
-        "height": Field(min(limits.default_size, limits.max_size), **size),
+        "width": _size_field(limits),
+        "height": _size_field(limits),
         "steps": Field(min(25, limits.max_steps), ge=1, le=limits.max_steps),
         "guidance_scale": Field(7.5, ge=0.0, le=limits.max_guidance_scale),
         "num_images": Field(1, ge=1, le=limits.max_images),
@@ -224,7 +234,7 @@ class JobRecord(BaseModel):
         return fields
 
     @classmethod
-    def from_hash(cls, job_id: str, raw: dict[bytes, bytes] | dict[str, str]) -> JobRecord:
+    def from_hash(cls, job_id: str, raw: Mapping[Any, Any]) -> JobRecord:
         """Parse an HGETALL reply."""
         data = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from redis import Redis
 from rq import Queue, Retry
@@ -117,7 +118,7 @@ class JobStore:
         request = record.request
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
-            pipe.hset(keys.job(record.id), mapping=record.to_hash())
+            pipe.hset(keys.job(record.id), mapping=cast("Mapping[Any, Any]", record.to_hash()))
             queue.enqueue_call(
                 keys.TXT2IMG_FUNCTION,
                 args=(record.id,),
@@ -145,12 +146,12 @@ class JobStore:
     def get_image(self, job_id: str, index: int) -> bytes | None:
         """Encoded bytes of image `index`, or None."""
         value = self.redis.get(keys.image(job_id, index))
-        return bytes(value) if value is not None else None
+        return value.encode() if isinstance(value, str) else value
 
     def queue_position(self, record: JobRecord) -> int | None:
         """0-based position in the model's rq queue (0 = next), None when not in it."""
         position = self.redis.lpos(self.queue(record.request.model).key, record.id)
-        return int(position) if position is not None else None
+        return position if isinstance(position, int) else None
 
     def request_cancel(self, job_id: str) -> JobStatus | None:
         """Cancel: a queued job becomes canceled and never runs; a running one is flagged."""
@@ -256,7 +257,8 @@ class JobStore:
         head = self.redis.lindex(self.queue(model).key, 0)
         if head is None:
             return 0.0
-        created = self.redis.hget(keys.job(head.decode()), "created_at")
+        head_id = head.decode() if isinstance(head, bytes) else str(head)
+        created = self.redis.hget(keys.job(head_id), "created_at")
         return max(0.0, time.time() - float(created)) if created else 0.0
 
     # --- internals ------------------------------------------------------------------------------

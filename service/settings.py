@@ -20,25 +20,29 @@ class ApiSettings(BaseSettings):
         case_sensitive=False, populate_by_name=True, protected_namespaces=(), extra="ignore"
     )
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
-    model_name: str = Field("default", validation_alias=_env("LDM_MODEL_NAME"))
-    api_keys: str = Field("", validation_alias=_env("LDM_API_KEYS"), repr=False)
-    result_ttl: int = Field(3600, ge=1, validation_alias=_env("LDM_RESULT_TTL"))
-    job_timeout: int = Field(600, ge=1, validation_alias=_env("LDM_JOB_TIMEOUT"))
-    queue_ttl: int = Field(3600, ge=1, validation_alias=_env("LDM_QUEUE_TTL"))
-    max_queue: int = Field(1000, ge=1, validation_alias=_env("LDM_MAX_QUEUE"))
-    max_pixels: int = Field(1024 * 1024, ge=64 * 64, validation_alias=_env("LDM_MAX_PIXELS"))
-    max_size: int = Field(2048, ge=64, validation_alias=_env("LDM_MAX_SIZE"))
-    min_size: int = Field(64, ge=8, validation_alias=_env("LDM_MIN_SIZE"))
-    default_size: int = Field(512, ge=8, validation_alias=_env("LDM_DEFAULT_SIZE"))
-    max_steps: int = Field(150, ge=1, validation_alias=_env("LDM_MAX_STEPS"))
-    max_images: int = Field(4, ge=1, validation_alias=_env("LDM_MAX_IMAGES"))
-    max_prompt_chars: int = Field(2000, ge=1, validation_alias=_env("LDM_MAX_PROMPT_CHARS"))
-    rate_limit: int = Field(600, ge=0, validation_alias=_env("LDM_RATE_LIMIT"))  # 0 = off
-    max_body_bytes: int = Field(64 * 1024, ge=1024, validation_alias=_env("LDM_MAX_BODY_BYTES"))
-    retry_after_s: int = Field(5, ge=1, validation_alias=_env("LDM_RETRY_AFTER"))
-    api_host: str = Field("0.0.0.0", validation_alias=_env("LDM_API_HOST"))
-    api_port: int = Field(8000, ge=1, le=65535, validation_alias=_env("LDM_API_PORT"))
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    model_name: str = Field(default="default", validation_alias=_env("LDM_MODEL_NAME"))
+    api_keys: str = Field(default="", validation_alias=_env("LDM_API_KEYS"), repr=False)
+    result_ttl: int = Field(default=3600, ge=1, validation_alias=_env("LDM_RESULT_TTL"))
+    job_timeout: int = Field(default=600, ge=1, validation_alias=_env("LDM_JOB_TIMEOUT"))
+    queue_ttl: int = Field(default=3600, ge=1, validation_alias=_env("LDM_QUEUE_TTL"))
+    max_queue: int = Field(default=1000, ge=1, validation_alias=_env("LDM_MAX_QUEUE"))
+    max_pixels: int = Field(
+        default=1024 * 1024, ge=64 * 64, validation_alias=_env("LDM_MAX_PIXELS")
+    )
+    max_size: int = Field(default=2048, ge=64, validation_alias=_env("LDM_MAX_SIZE"))
+    min_size: int = Field(default=64, ge=8, validation_alias=_env("LDM_MIN_SIZE"))
+    default_size: int = Field(default=512, ge=8, validation_alias=_env("LDM_DEFAULT_SIZE"))
+    max_steps: int = Field(default=150, ge=1, validation_alias=_env("LDM_MAX_STEPS"))
+    max_images: int = Field(default=4, ge=1, validation_alias=_env("LDM_MAX_IMAGES"))
+    max_prompt_chars: int = Field(default=2000, ge=1, validation_alias=_env("LDM_MAX_PROMPT_CHARS"))
+    rate_limit: int = Field(default=600, ge=0, validation_alias=_env("LDM_RATE_LIMIT"))  # 0 = off
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, validation_alias=_env("LDM_MAX_BODY_BYTES")
+    )
+    retry_after_s: int = Field(default=5, ge=1, validation_alias=_env("LDM_RETRY_AFTER"))
+    api_host: str = Field(default="0.0.0.0", validation_alias=_env("LDM_API_HOST"))
+    api_port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("LDM_API_PORT"))
 
     @property
     def keys(self) -> tuple[str, ...]:

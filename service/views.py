@@ -88,5 +88,5 @@ def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
         images=images,
         error=record.error,
         attempts=record.attempts,
-        links=Links(self_=path, events=f"{path}/events", images=images),
+        links=Links.model_validate({"self": path, "events": f"{path}/events", "images": images}),
     )

@@ -80,7 +80,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         summary="Queue a text-to-image job",
     )
     def submit(
-        body: body_model,  # type: ignore[valid-type]
+        payload: body_model,  # type: ignore[valid-type]  # Txt2ImgRequest subclass
         request: Request,
         response: Response,
         owner: RateLimitedOwner,
@@ -88,6 +88,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         idempotency_key: IdempotencyKey = None,
     ) -> JobView:
         """Validate and enqueue; the job JSON links to its status, events and images."""
+        body: Txt2ImgRequest = payload
         if body.model is not None and body.model not in settings.models:
             served = ", ".join(settings.models)
             raise Problem(
