@@ -8,3 +8,7 @@ from collections.abc import Callable
 Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
 REGISTRARS: list[Registrar] = []
+
+from cli import serve  # noqa: E402  (registrars are light: handlers import lazily)
+
+REGISTRARS += [serve.register]

@@ -142,7 +142,6 @@ class BatchLoop:
     def iterate(self) -> None:
         """One round: claim jobs, admit samples, step once, retire, report progress."""
         self.fill()
-        self.admit()
         if len(self.engine) == 0:
             return
         active = len(self.engine)
@@ -164,8 +163,14 @@ class BatchLoop:
     # --- claiming and admission -----------------------------------------------------------------
 
     def fill(self) -> None:
-        """Claim queued jobs one at a time while the batch has room (block briefly when idle)."""
-        while batching.should_dequeue(self.slots, self.settings.max_batch, draining=self.stopping):
+        """Claim queued jobs one at a time while the batch has room (block briefly when idle),
+        admitting each one's samples right away so the next claim sees the true occupancy."""
+        while True:
+            self.admit()
+            if not batching.should_dequeue(
+                self.slots, self.settings.max_batch, draining=self.stopping
+            ):
+                return
             timeout = self.settings.idle_poll_seconds if not self.runs else None
             job = self.bridge.dequeue(timeout)
             if job is None:
@@ -308,9 +313,10 @@ class BatchLoop:
 
     def end_canceled(self, run: Run) -> None:
         """Stop a job at this step and discard its partial output."""
+        step, _ = batching.job_progress(run.slot, [h.steps_done for h in run.active.values()])
         self._drop_from_engine(run)
         self._forget(run)
-        self.retirer.cancel(run)
+        self.retirer.cancel(run, step)
 
     def hand_back_all(self) -> None:
         """Return every held job to the front of the queue (shutdown ran out of grace)."""

@@ -119,7 +119,7 @@ class Retirer:
         self.metrics.job_duration.observe(time.monotonic() - run.started)
         log.warning("job_failed job_id=%s reason=%s message=%s", job_id, reason, message)
 
-    def cancel(self, run: Run) -> None:
+    def cancel(self, run: Run, step: int = 0) -> None:
         """Cancel a running job: record, rq's CanceledJobRegistry, metrics."""
         job_id = run.slot.job_id
         self.store.finish(job_id, JobStatus.canceled)
@@ -127,5 +127,5 @@ class Retirer:
         self.metrics.job_ended("canceled")
         log.info(
             "job_canceled job_id=%s step=%d seconds=%.3f",
-            job_id, run.slot.done, time.monotonic() - run.started,
+            job_id, step, time.monotonic() - run.started,
         )  # fmt: skip

@@ -1,0 +1,107 @@
+"""A small ldm-serve HTTP client on the standard library (urllib), for scripts and the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+TERMINAL = {"succeeded", "failed", "canceled", "expired"}
+
+
+class ApiError(RuntimeError):
+    """The API answered with an error (problem+json detail in the message)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+
+
+class JobFailed(RuntimeError):
+    """The job ended without images."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        error = job.get("error") or {}
+        super().__init__(
+            f"job {job['id']} {job['status']}: {error.get('type', '')} {error.get('message', '')}"
+        )
+        self.job = job
+
+
+class Client:
+    """Submit txt2img jobs, poll them and fetch their images."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None,
+                 timeout: float = 30.0) -> None:  # fmt: skip
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[bytes, str]:  # fmt: skip
+        """Send one request; returns (body, content type) or raises ApiError."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                detail = json.loads(payload).get("detail", payload.decode(errors="replace"))
+            except (ValueError, AttributeError):
+                detail = payload.decode(errors="replace")
+            raise ApiError(exc.code, str(detail)) from None
+
+    def _json(self, method: str, path: str, body: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+        payload, _ = self._request(method, path, body, headers)
+        result: dict[str, Any] = json.loads(payload)
+        return result
+
+    def submit(
+        self, prompt: str, idempotency_key: str | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """POST /v1/txt2img; returns the queued job."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
+        return self._json("POST", "/v1/txt2img", body, headers)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """GET /v1/jobs/{id}."""
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """DELETE /v1/jobs/{id}."""
+        return self._json("DELETE", f"/v1/jobs/{job_id}")
+
+    def image(self, job_id: str, index: int = 0) -> bytes:
+        """GET /v1/jobs/{id}/images/{index}: the encoded image bytes."""
+        payload, _ = self._request("GET", f"/v1/jobs/{job_id}/images/{index}")
+        return payload
+
+    def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.25) -> dict[str, Any]:
+        """Poll until the job ends; returns its final state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g}s")
+            time.sleep(poll)
+
+    def txt2img(self, prompt: str, timeout: float = 600.0, **params: Any) -> list[bytes]:
+        """Submit, wait and download every image of one request."""
+        job = self.wait(self.submit(prompt, **params)["id"], timeout=timeout)
+        if job["status"] != "succeeded":
+            raise JobFailed(job)
+        return [self.image(job["id"], index) for index in range(len(job["images"]))]

@@ -1,0 +1,202 @@
+"""`ldm-serve api | worker | up | client`: the serving processes and a command-line client.
+
+Handlers import their layer lazily: `ldm-serve api` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the serving subcommands."""
+    api = commands.add_parser("api", help="run the HTTP API (uvicorn, no torch)")
+    api.add_argument("--host", default=os.environ.get("LDM_API_HOST", "0.0.0.0"))
+    api.add_argument("--port", type=int, default=int(os.environ.get("LDM_API_PORT", "8000")))
+    api.add_argument("--log-level", default="info")
+    api.set_defaults(handler=run_api)
+
+    worker = commands.add_parser("worker", help="run one continuously batching worker")
+    worker.add_argument("--model", help="model path (default: LDM_MODEL)")
+    worker.add_argument("--model-name", help="served model name and queue (LDM_MODEL_NAME)")
+    worker.add_argument("--max-batch", type=int, help="samples per UNet step (LDM_MAX_BATCH)")
+    worker.add_argument("--device", choices=["auto", "cpu", "cuda"], help="LDM_DEVICE")
+    worker.set_defaults(handler=run_worker)
+
+    up = commands.add_parser("up", help="Redis (if needed) + API + one worker, in the foreground")
+    up.add_argument("--data-dir", type=Path, default=Path(".ldm-serve"), help="Redis AOF dir")
+    up.add_argument("--port", type=int, default=int(os.environ.get("LDM_API_PORT", "8000")))
+    up.set_defaults(handler=run_up)
+
+    client = commands.add_parser("client", help="talk to a running API")
+    actions = client.add_subparsers(dest="action", required=True, metavar="ACTION")
+    txt2img = actions.add_parser("txt2img", help="generate images and save them")
+    txt2img.add_argument("prompt")
+    txt2img.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+    txt2img.add_argument("--url", default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"))
+    txt2img.add_argument("--api-key", default=os.environ.get("LDM_API_KEY"))
+    txt2img.add_argument("--negative-prompt")
+    txt2img.add_argument("--width", type=int)
+    txt2img.add_argument("--height", type=int)
+    txt2img.add_argument("--steps", type=int)
+    txt2img.add_argument("--guidance-scale", type=float)
+    txt2img.add_argument("--sampler")
+    txt2img.add_argument("--seed", type=int)
+    txt2img.add_argument("--num-images", type=int)
+    txt2img.add_argument("--timeout", type=float, default=600.0)
+    txt2img.set_defaults(handler=run_client_txt2img)
+
+
+def run_api(args: argparse.Namespace) -> int:
+    """uvicorn on service.main:app."""
+    import uvicorn
+
+    uvicorn.run("service.main:app", host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Load the model once and serve the queue until stopped; the exit code says how it ended."""
+    from workers.runner import configure_logging
+    from workers.runner import run_worker as serve_queue
+    from workers.settings import WorkerSettings
+
+    overrides = {
+        name: value
+        for name, value in (
+            ("model", args.model),
+            ("model_name", args.model_name),
+            ("max_batch", args.max_batch),
+            ("device", args.device),
+        )
+        if value is not None
+    }
+    settings = WorkerSettings(**overrides)
+    configure_logging(settings.log_level)
+    return serve_queue(settings)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """The README's one-command local run: Redis if needed, the API and one CPU worker."""
+    import logging
+    import signal
+    import subprocess
+    import time
+
+    logging.basicConfig(level="INFO", format="%(asctime)s up %(message)s")
+    log = logging.getLogger("ldm-serve.up")
+    env = dict(os.environ)
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    env.setdefault("LDM_DEVICE", "cpu")
+    env.setdefault("LDM_MODEL", "models/default")
+    env.setdefault("LDM_SHUTDOWN_GRACE", "10")
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    if not _redis_reachable(env["REDIS_URL"]):
+        redis = _start_redis(env["REDIS_URL"], args.data_dir / "redis")
+        if redis is None:
+            return 1
+        children.append(("redis", redis))
+    cli = [sys.executable, "-m", "cli.main"]
+    for name, argv in (
+        ("api", [*cli, "api", "--port", str(args.port)]),
+        ("worker", [*cli, "worker"]),
+    ):
+        children.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))
+    log.info("API on http://127.0.0.1:%d (docs at /docs); Ctrl-C stops everything", args.port)
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+    code = 0
+    while not stop:
+        dead = [(name, proc) for name, proc in children if proc.poll() is not None]
+        if dead:
+            log.error("%s exited with %s; stopping the rest", dead[0][0], dead[0][1].returncode)
+            code = 1
+            break
+        time.sleep(0.25)
+    grace = float(env["LDM_SHUTDOWN_GRACE"]) + 15
+    for name, proc in reversed(children):  # worker first, Redis last
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=grace if name == "worker" else 15)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop; killing it", name)
+            proc.kill()
+            proc.wait()
+    log.info("stopped")
+    return code
+
+
+def _redis_reachable(url: str) -> bool:
+    """Whether a Redis answers PING at url."""
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _start_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes] | None:
+    """Debian's redis-server on the URL's local port: AOF in data_dir, noeviction."""
+    import shutil
+    import subprocess
+    import time
+    from urllib.parse import urlparse
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print("redis-server not found: sudo apt-get install -y redis-server", file=sys.stderr)
+        return None
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", None):
+        print(f"Redis at {url} is unreachable and not local; start it first", file=sys.stderr)
+        return None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--port", str(parsed.port or 6379), "--bind", "127.0.0.1", "--dir",
+            str(data_dir.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process.poll() is None:
+        if _redis_reachable(url):
+            return process
+        time.sleep(0.1)
+    print(f"redis-server did not come up on {url}", file=sys.stderr)
+    process.kill()
+    return None
+
+
+def run_client_txt2img(args: argparse.Namespace) -> int:
+    """Submit, wait, save images as OUTPUT (and OUTPUT-1, OUTPUT-2... for more images)."""
+    from cli.client import ApiError, Client, JobFailed
+
+    params = {
+        "negative_prompt": args.negative_prompt, "width": args.width, "height": args.height,
+        "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
+        "seed": args.seed, "num_images": args.num_images,
+    }  # fmt: skip
+    suffix = args.output.suffix.lstrip(".").lower()
+    if suffix in ("png", "jpeg", "webp", "jpg"):
+        params["output_format"] = "jpeg" if suffix == "jpg" else suffix
+    client = Client(args.url, args.api_key)
+    try:
+        images = client.txt2img(args.prompt, timeout=args.timeout, **params)
+    except (ApiError, JobFailed, TimeoutError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for index, data in enumerate(images):
+        path = args.output
+        if index:
+            path = path.with_name(f"{path.stem}-{index}{path.suffix}")
+        path.write_bytes(data)
+        print(path)
+    return 0
