@@ -1,0 +1,322 @@
+"""End to end: the real stack and a real Prometheus; every dashboard and rule query returns data.
+
+Starts redis-server with docker/redis.conf, `ldm-serve api`, `ldm-serve worker` with a tiny model
+and Debian's Prometheus with docker/prometheus/prometheus.yml rewritten to localhost targets (1 s
+scrape and rule evaluation, DNS discovery replaced by static targets) and the project's rules.yml.
+Runs a few jobs plus rejected requests, then sends every PromQL expression of the Grafana dashboard
+and of rules.yml to Prometheus' HTTP API and requires each to return at least one finite sample.
+Alert expressions are evaluated with their comparisons turned into `bool` comparisons, so the test
+asks "does every signal the alert compares exist", not "is the alert firing".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port, wait_for_port
+from tests.test_deploy_dashboard import dashboard_expressions
+from tests.test_deploy_prometheus import CONFIG, RULES, load_rules
+
+yaml = pytest.importorskip("yaml")
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "e2e-key-0123456789"
+COMPARISONS = ("==", "!=", ">=", "<=", ">", "<")
+
+
+def with_bool_comparisons(expr: str) -> str:
+    """`a > 0.1 and b == 0` -> `a > bool 0.1 and b == bool 0` (label matchers untouched)."""
+    out: list[str] = []
+    depth = 0
+    quote = ""
+    i = 0
+    while i < len(expr):
+        char = expr[i]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+        elif depth == 0:
+            operator = next((op for op in COMPARISONS if expr.startswith(op, i)), None)
+            if operator and not expr.startswith("=~", i) and not expr.startswith("!~", i):
+                rest = expr[i + len(operator) :].lstrip()
+                out.append(operator if rest.startswith("bool") else f"{operator} bool")
+                i += len(operator)
+                continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def test_bool_rewrite_leaves_matchers_alone() -> None:
+    expr = 'x{status=~"5..", a!="b"} > 0.1 and on (m) y == 0 or z != bool 1'
+    assert with_bool_comparisons(expr) == (
+        'x{status=~"5..", a!="b"} > bool 0.1 and on (m) y == bool 0 or z != bool 1'
+    )
+
+
+class Stack:
+    """Processes of the local stack; stops them in reverse order."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as handle:
+            process = subprocess.Popen(
+                args, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT
+            )
+        self.processes.append((name, process, log))
+
+    def logs(self) -> str:
+        parts = []
+        for name, process, log in self.processes:
+            tail = log.read_text(errors="replace")[-3000:]
+            parts.append(f"--- {name} (exit {process.poll()}) ---\n{tail}")
+        return "\n".join(parts)
+
+    def check_alive(self) -> None:
+        for name, process, _ in self.processes:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode}\n{self.logs()}")
+
+    def stop(self) -> None:
+        for _, process, _ in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, stack: Stack, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"timed out waiting for {what}\n{stack.logs()}")
+
+
+def local_prometheus_config(ports: dict[str, int]) -> dict[str, Any]:
+    """docker/prometheus/prometheus.yml with 1 s intervals and static localhost targets."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        assert name in ports, f"no local target for scrape job {name}"
+        labels = {"service": "worker"} if name == "ldm-worker" else {}
+        job.pop("dns_sd_configs", None)
+        job.pop("relabel_configs", None)  # they map DNS meta labels; the static label replaces it
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[name]}"], "labels": labels}]
+    return config
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    body = response.json()
+    assert body["status"] == "success", f"{expr}: {body}"
+    return body["data"]["result"]
+
+
+def finite(result: list[dict[str, Any]]) -> bool:
+    """At least one sample that is a real number (a panel line that can be drawn)."""
+    return any(math.isfinite(float(series["value"][1])) for series in result)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
+    binaries = {name: shutil.which(name) for name in ("redis-server", "prometheus")}
+    missing = [name for name, path in binaries.items() if path is None]
+    if missing:
+        pytest.fail(f"{missing} not installed (apt-get install redis-server prometheus)")
+    pytest.importorskip("diffusers", reason="the tiny test model is built with diffusers")
+    from tests.tiny_models import build_tiny_sd
+
+    workdir = tmp_path_factory.mktemp("deploy-e2e")
+    model = build_tiny_sd(workdir / "tiny-sd")
+    ports = {
+        "redis": free_port(),
+        "ldm-api": free_port(),
+        "ldm-worker": free_port(),
+        "prometheus": free_port(),
+    }
+    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+    stack = Stack(workdir)
+    try:
+        (workdir / "redis").mkdir()
+        stack.start(
+            "redis",
+            [binaries["redis-server"], str(REPO / "docker" / "redis.conf")]
+            + ["--port", str(ports["redis"]), "--bind", "127.0.0.1"]
+            + ["--dir", str(workdir / "redis"), "--maxmemory", "256mb", "--save", ""],
+        )
+        wait_for_port(ports["redis"])
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "REDIS_URL": redis_url,
+            "LDM_MODEL_NAME": "default",
+            "LDM_API_KEYS": API_KEY,
+            "LDM_RATE_LIMIT": "0",
+            "LDM_DEFAULT_SIZE": "64",
+            "LDM_MODEL": str(model),
+            "LDM_DEVICE": "cpu",
+            "LDM_DTYPE": "float32",
+            "LDM_MAX_BATCH": "4",
+            "LDM_METRICS_PORT": str(ports["ldm-worker"]),
+            "LDM_SHUTDOWN_GRACE": "5",
+            "OMP_NUM_THREADS": "1",
+        }
+        cli = [sys.executable, "-m", "cli.main"]
+        stack.start(
+            "api", [*cli, "api", "--host", "127.0.0.1", "--port", str(ports["ldm-api"])], env
+        )
+        stack.start("worker", [*cli, "worker"], env)
+
+        promdir = workdir / "prometheus"
+        promdir.mkdir()
+        shutil.copy(RULES, promdir / "rules.yml")
+        config_path = promdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(local_prometheus_config(ports), sort_keys=False))
+        prometheus = f"http://127.0.0.1:{ports['prometheus']}"
+        stack.start(
+            "prometheus",
+            [binaries["prometheus"], f"--config.file={config_path}"]
+            + [f"--storage.tsdb.path={promdir / 'data'}"]
+            + [f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
+        )
+        yield stack, prometheus
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus_with_data(stack: tuple[Stack, str]) -> str:
+    """Prometheus after every target is up and a few jobs have run through the stack."""
+    processes, prometheus = stack
+
+    def targets_up() -> bool:
+        response = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()
+        targets = response["data"]["activeTargets"]
+        return len(targets) == 3 and all(t["health"] == "up" for t in targets)
+
+    wait_until(targets_up, 120, processes, "every scrape target up (API, worker, Prometheus)")
+    # The worker has registered with rq once the API's gauge says so.
+    wait_until(
+        lambda: finite(query(prometheus, "ldm_workers_alive > 0")), 60, processes, "a live worker"
+    )
+    # Let Prometheus record the idle state first, so every rate() sees the jobs as increases.
+    time.sleep(3)
+
+    api_port = int(processes.processes[1][1].args[-1])
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=10,
+    )
+    job_ids = []
+    for index in range(6):
+        body = {
+            "prompt": f"a red circle {index}",
+            "width": 64,
+            "height": 64,
+            "steps": 4 + index,
+            "num_images": 1 + index % 2,
+            "seed": index,
+        }
+        response = api.post("/v1/txt2img", json=body)
+        assert response.status_code == 202, response.text
+        job_ids.append(response.json()["id"])
+    # Rejections: one invalid request (422 validation), one without a key (401 unauthorized).
+    assert api.post("/v1/txt2img", json={"prompt": ""}).status_code == 422
+    anonymous = httpx.post(f"http://127.0.0.1:{api_port}/v1/txt2img", json={"prompt": "x"})
+    assert anonymous.status_code == 401
+
+    def all_succeeded() -> bool:
+        statuses = [api.get(f"/v1/jobs/{job_id}").json()["status"] for job_id in job_ids]
+        assert "failed" not in statuses, statuses
+        return all(status == "succeeded" for status in statuses)
+
+    wait_until(all_succeeded, 180, processes, "six jobs to succeed")
+    for job_id in job_ids:  # fetch the images too, like a client would
+        for url in api.get(f"/v1/jobs/{job_id}").json()["images"]:
+            assert api.get(url).status_code == 200
+    api.close()
+
+    def recorded() -> bool:
+        expr = 'model:ldm_worker_job_duration_seconds:quantile_rate5m{quantile="0.99"}'
+        return finite(query(prometheus, expr))
+
+    wait_until(recorded, 60, processes, "recording rules over the finished jobs")
+    time.sleep(3)  # a few more scrapes and rule evaluations past the last job
+    return prometheus
+
+
+def test_every_rule_evaluates_without_error(prometheus_with_data: str) -> None:
+    groups = httpx.get(f"{prometheus_with_data}/api/v1/rules", timeout=10).json()["data"]
+    rules = [rule for group in groups["groups"] for rule in group["rules"]]
+    assert len(rules) == len(load_rules())
+    unhealthy = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
+    assert not unhealthy
+
+
+def test_every_recording_rule_has_data(prometheus_with_data: str) -> None:
+    empty = []
+    for rule in load_rules():
+        if "record" in rule:
+            selector = rule["record"] + "{" + ",".join(
+                f'{key}="{value}"' for key, value in rule.get("labels", {}).items()
+            ) + "}"  # fmt: skip
+            if not finite(query(prometheus_with_data, selector)):
+                empty.append(selector)
+    assert not empty, f"recording rules without a finite sample: {empty}"
+
+
+def test_every_dashboard_query_returns_data(prometheus_with_data: str) -> None:
+    empty = [
+        f"{where}: {expr}"
+        for where, expr in dashboard_expressions()
+        if not finite(query(prometheus_with_data, expr))
+    ]
+    assert not empty, "panels that would stay empty:\n" + "\n".join(empty)
+
+
+def test_every_rule_expression_returns_data(prometheus_with_data: str) -> None:
+    empty = []
+    for rule in load_rules():
+        expr = rule["expr"] if "record" in rule else with_bool_comparisons(rule["expr"])
+        if not finite(query(prometheus_with_data, expr)):
+            empty.append(f"{rule.get('record') or rule['alert']}: {expr}")
+    assert not empty, "rules whose inputs never show up:\n" + "\n".join(empty)
+
+
+def test_no_alert_fires_on_a_healthy_stack(prometheus_with_data: str) -> None:
+    alerts = httpx.get(f"{prometheus_with_data}/api/v1/alerts", timeout=10).json()
+    active = [alert["labels"]["alertname"] for alert in alerts["data"]["alerts"]]
+    assert not active, active
