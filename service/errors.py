@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -130,6 +131,18 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
         request.state.reject_reason = "redis-unavailable"
         return problem_response(redis_unavailable(retry_after_s), request.url.path)
 
+    async def on_redis_full(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("redis maxmemory reached (noeviction): refusing writes: %s", exc)
+        request.state.reject_reason = "redis-full"
+        problem = Problem(
+            503,
+            "redis-full",
+            "Service unavailable",
+            "the job store is full; retry later",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+        return problem_response(problem, request.url.path)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         problem = Problem(500, "internal", "Internal error", "unexpected server error")
@@ -140,4 +153,5 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisConnectionError, on_redis)
     app.add_exception_handler(RedisTimeoutError, on_redis)
+    app.add_exception_handler(RedisOutOfMemoryError, on_redis_full)
     app.add_exception_handler(Exception, on_unexpected)

@@ -25,6 +25,7 @@ REJECT_REASONS = {
     "rate-limited": "rate_limited",
     "unauthorized": "unauthorized",
     "redis-unavailable": "redis_unavailable",
+    "redis-full": "redis_unavailable",
     "body-too-large": "body_too_large",
     "idempotency-conflict": "idempotency_conflict",
 }

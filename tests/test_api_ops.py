@@ -114,6 +114,22 @@ def test_redis_outage_is_503_then_recovers(own_redis: RedisServer) -> None:
         assert again.status_code == 202
 
 
+def test_redis_maxmemory_is_503_and_evicts_nothing(own_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    for server in serve(own_redis.url, {"LDM_API_KEYS": ""}):
+        with server.client(None) as http:
+            first = http.post("/v1/txt2img", json={"prompt": "x"}).json()
+            client.config_set("maxmemory", client.info("memory")["used_memory"] + 1024)
+            full = http.post("/v1/txt2img", json={"prompt": "x"})
+            kept = http.get(f"/v1/jobs/{first['id']}")
+            client.config_set("maxmemory", 0)
+        assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
+        assert full.json()["type"].endswith(":redis-full")
+        assert kept.status_code == 200 and kept.json()["status"] == "queued"
+        assert JobStore(client).queue("default").job_ids == [first["id"]]
+    client.close()
+
+
 def test_eviction_policy_is_checked_loudly(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
