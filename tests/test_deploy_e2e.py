@@ -1,12 +1,14 @@
 """End to end: the real stack and a real Prometheus; every dashboard and rule query returns data.
 
-Starts redis-server with docker/redis.conf, `ldm-serve api`, `ldm-serve worker` with a tiny model
-and Debian's Prometheus with docker/prometheus/prometheus.yml rewritten to localhost targets (1 s
-scrape and rule evaluation, DNS discovery replaced by static targets) and the project's rules.yml.
-Runs a few jobs plus rejected requests, then sends every PromQL expression of the Grafana dashboard
-and of rules.yml to Prometheus' HTTP API and requires each to return at least one finite sample.
-Alert expressions are evaluated with their comparisons turned into `bool` comparisons, so the test
-asks "does every signal the alert compares exist", not "is the alert firing".
+Starts redis-server with docker/redis.conf and the ACL users of docker/redis-users.acl.example (API
+and worker connect as the restricted `ldm` user), `ldm-serve api`, `ldm-serve worker` with a tiny
+model, and Debian's Prometheus with docker/prometheus/prometheus.yml rewritten to localhost targets
+(1 s scrape and rule evaluation, static targets instead of DNS discovery) and the project's
+rules.yml. Runs a few jobs, a cancellation and rejected requests, then sends every PromQL
+expression of the Grafana dashboard and of rules.yml to Prometheus' HTTP API and requires each to
+return at least one finite sample. Alert expressions are evaluated with their comparisons turned
+into `bool` comparisons, so the test asks "does every signal the alert compares exist", not "is
+the alert firing". Last, the worker must stop with exit 0 and Redis' ACL LOG must be empty.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ yaml = pytest.importorskip("yaml")
 pytestmark = pytest.mark.slow
 
 API_KEY = "e2e-key-0123456789"
+ACL_EXAMPLE = REPO / "docker" / "redis-users.acl.example"
+REDIS_PASSWORD = "e2e-redis-ldm-password"
+ADMIN_PASSWORD = "e2e-redis-admin-password"
 COMPARISONS = ("==", "!=", ">=", "<=", ">", "<")
 
 
@@ -74,8 +79,9 @@ def test_bool_rewrite_leaves_matchers_alone() -> None:
 class Stack:
     """Processes of the local stack; stops them in reverse order."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ports: dict[str, int]) -> None:
         self.workdir = workdir
+        self.ports = ports
         self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -166,15 +172,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
         "ldm-worker": free_port(),
         "prometheus": free_port(),
     }
-    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
-    stack = Stack(workdir)
+    redis_url = f"redis://ldm:{REDIS_PASSWORD}@127.0.0.1:{ports['redis']}/0"
+    acl = ACL_EXAMPLE.read_text().replace("CHANGE-ME-LONG-RANDOM", REDIS_PASSWORD)
+    (workdir / "users.acl").write_text(acl.replace("CHANGE-ME-TOO", ADMIN_PASSWORD))
+    stack = Stack(workdir, ports)
     try:
         (workdir / "redis").mkdir()
         stack.start(
             "redis",
             [binaries["redis-server"], str(REPO / "docker" / "redis.conf")]
             + ["--port", str(ports["redis"]), "--bind", "127.0.0.1"]
-            + ["--dir", str(workdir / "redis"), "--maxmemory", "256mb", "--save", ""],
+            + ["--dir", str(workdir / "redis"), "--maxmemory", "256mb", "--save", ""]
+            + ["--aclfile", str(workdir / "users.acl")],
         )
         wait_for_port(ports["redis"])
         env = {
@@ -234,7 +243,7 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
     # Let Prometheus record the idle state first, so every rate() sees the jobs as increases.
     time.sleep(3)
 
-    api_port = int(processes.processes[1][1].args[-1])
+    api_port = processes.ports["ldm-api"]
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{api_port}",
         headers={"Authorization": f"Bearer {API_KEY}"},
@@ -253,6 +262,10 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
         response = api.post("/v1/txt2img", json=body)
         assert response.status_code == 202, response.text
         job_ids.append(response.json()["id"])
+    # One job canceled right after submission (outcome `canceled`, unless it already finished).
+    canceled = api.post("/v1/txt2img", json={"prompt": "a blue square", "steps": 40})
+    assert canceled.status_code == 202, canceled.text
+    assert api.delete(f"/v1/jobs/{canceled.json()['id']}").status_code in (200, 202)
     # Rejections: one invalid request (422 validation), one without a key (401 unauthorized).
     assert api.post("/v1/txt2img", json={"prompt": ""}).status_code == 422
     anonymous = httpx.post(f"http://127.0.0.1:{api_port}/v1/txt2img", json={"prompt": "x"})
@@ -264,6 +277,13 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
         return all(status == "succeeded" for status in statuses)
 
     wait_until(all_succeeded, 180, processes, "six jobs to succeed")
+    cancel_url = f"/v1/jobs/{canceled.json()['id']}"
+    wait_until(
+        lambda: api.get(cancel_url).json()["status"] in ("canceled", "succeeded"),
+        60,
+        processes,
+        "the canceled job to end",
+    )
     for job_id in job_ids:  # fetch the images too, like a client would
         for url in api.get(f"/v1/jobs/{job_id}").json()["images"]:
             assert api.get(url).status_code == 200
@@ -320,3 +340,20 @@ def test_no_alert_fires_on_a_healthy_stack(prometheus_with_data: str) -> None:
     alerts = httpx.get(f"{prometheus_with_data}/api/v1/alerts", timeout=10).json()
     active = [alert["labels"]["alertname"] for alert in alerts["data"]["alerts"]]
     assert not active, active
+
+
+def test_worker_stops_cleanly_and_the_redis_acl_refused_nothing(
+    stack: tuple[Stack, str], prometheus_with_data: str
+) -> None:
+    """Last: SIGTERM the worker (exit 0), then no command of the whole run hit an ACL denial."""
+    import redis
+
+    processes, _ = stack
+    name, worker, _ = processes.processes[2]
+    assert name == "worker"
+    worker.terminate()
+    assert worker.wait(timeout=30) == 0, processes.logs()
+    admin = redis.Redis(port=processes.ports["redis"], username="admin", password=ADMIN_PASSWORD)
+    denied = admin.acl_log()
+    admin.close()
+    assert not denied, denied
