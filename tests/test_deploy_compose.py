@@ -311,3 +311,26 @@ def test_grafana_and_prometheus_mounts_match_their_configs(compose: dict[str, An
     mounts = {target: (REPO / source).resolve() for source, target in bind_mounts(prometheus)}
     config = next(a.split("=", 1)[1] for a in prometheus["command"] if "config.file" in a)
     assert (mounts["/etc/prometheus"] / Path(config).relative_to("/etc/prometheus")).is_file()
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/deploy.md"])
+def test_docs_compose_commands_match_the_compose_file(compose: dict[str, Any], doc: str) -> None:
+    """Profiles, scaled services and localhost ports the docs mention exist in the compose file."""
+    text = (REPO / doc).read_text()
+    commands = re.findall(r"docker compose[^\n`]*", text)
+    if not commands:
+        pytest.skip(f"{doc} has no docker compose command yet")
+    services = compose["services"]
+    profiles = {p for service in services.values() for p in service.get("profiles", [])}
+    for command in commands:
+        for profile in re.findall(r"--profile\s+(\S+)", command):
+            assert profile in profiles, f"{doc}: `{command}` uses unknown profile {profile}"
+        for service in re.findall(r"--scale\s+([\w-]+)=", command):
+            assert service in services, f"{doc}: `{command}` scales unknown service {service}"
+    published = {
+        int(port.split(":")[-2])
+        for service in services.values()
+        for port in service.get("ports", [])
+    }
+    for port in re.findall(r"(?:localhost|127\.0\.0\.1):(\d+)", text):
+        assert int(port) in published, f"{doc} mentions port {port}, which nothing publishes"
