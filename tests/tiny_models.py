@@ -72,6 +72,7 @@ def build_tiny_sd(
         str(tokenizer_dir / "vocab.json"),
         str(tokenizer_dir / "merges.txt"),
         pad_token="<|endoftext|>",
+        model_max_length=77,
     )
     text_config = CLIPTextConfig(
         bos_token_id=tokenizer.bos_token_id,
