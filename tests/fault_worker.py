@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from workers.loop import Engine, Runtime
 from workers.runner import configure_logging, model_runtime, run_worker
+from workers.runtime import Engine, Runtime
 from workers.settings import WorkerSettings
 
 

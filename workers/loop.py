@@ -6,9 +6,8 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,49 +19,10 @@ from workers.batching import Slot
 from workers.metrics import WorkerMetrics
 from workers.retire import Retirer, classify
 from workers.rq_bridge import Claim, RqBridge
+from workers.runtime import Run, Runtime
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-
-class Handle(Protocol):
-    """A sample inside the engine (model.engine handle)."""
-
-    steps_done: int
-    total_steps: int
-    tag: Any
-
-
-class Engine(Protocol):
-    """The subset of model.engine.BatchEngine the loop drives."""
-
-    def add(self, spec: Any, tag: Any = None) -> Any: ...
-    def step(self) -> list[Any]: ...
-    def remove(self, handle: Any) -> None: ...
-    def decode(self, handles: list[Any]) -> list[Any]: ...
-    def __len__(self) -> int: ...
-
-
-@dataclass
-class Runtime:
-    """What the loop needs from the model layer, injectable for fault tests."""
-
-    engine_factory: Callable[[], Engine]
-    spec_factory: Callable[..., Any]
-    device: str = "cpu"
-
-
-@dataclass
-class Run:
-    """Everything the worker holds for one claimed job."""
-
-    claim: Claim
-    request: ResolvedRequest
-    slot: Slot
-    started: float = field(default_factory=time.monotonic)
-    timeout: float = 600.0
-    active: dict[int, Any] = field(default_factory=dict)  # image index -> engine handle
-    finished: dict[int, Any] = field(default_factory=dict)
 
 
 class BatchLoop:

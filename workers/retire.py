@@ -13,7 +13,7 @@ from workers.metrics import WorkerMetrics
 from workers.rq_bridge import RqBridge
 
 if TYPE_CHECKING:
-    from workers.loop import Engine, Run
+    from workers.runtime import Engine, Run
 
 log = logging.getLogger(__name__)
 

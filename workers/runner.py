@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 from redis import Redis
 
 from jobs.store import JobStore
-from workers.loop import BatchLoop, Runtime
+from workers.loop import BatchLoop
 from workers.metrics import WorkerMetrics, serve
 from workers.rq_bridge import Heartbeat, RqBridge
+from workers.runtime import Runtime
 from workers.settings import WorkerSettings
 from workers.watchdog import Watchdog
 
