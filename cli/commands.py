@@ -9,6 +9,14 @@ Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-ar
 
 REGISTRARS: list[Registrar] = []
 
+from cli import evaluate, train  # noqa: E402  (registrars are light: handlers import lazily)
+
+REGISTRARS += [train.register, evaluate.register]
+
 from cli import serve  # noqa: E402  (registrars are light: handlers import lazily)
 
 REGISTRARS += [serve.register]
+
+from cli import generate  # noqa: E402  (registrars are light: handlers import lazily)
+
+REGISTRARS += [generate.register]

@@ -56,7 +56,8 @@ class TextConditioner:
             return self.encoder(input_ids).last_hidden_state  # (1, 77, D)
         out = self.encoder(input_ids, output_hidden_states=True)
         hidden = out.hidden_states[-self.clip_skip]
-        return self.encoder.text_model.final_layer_norm(hidden)
+        text_model = getattr(self.encoder, "text_model", self.encoder)  # transformers 5 is flat
+        return text_model.final_layer_norm(hidden)
 
     def encode(self, prompt: str, min_chunks: int = 1) -> torch.Tensor:
         """Context (1, 77 * n_chunks, D) for one prompt, padded with empty chunks to min_chunks."""

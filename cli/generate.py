@@ -1,0 +1,121 @@
+"""`ldm-serve generate` and `ldm-serve convert`: the model from the command line, no server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+SAMPLERS = ("ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m")
+
+
+def default_model() -> str:
+    """`LDM_MODEL` if set, else the shipped default model."""
+    return os.environ.get("LDM_MODEL") or str(DEFAULT_MODEL)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.pipeline import load_pipeline
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    started = time.perf_counter()
+    pipe = load_pipeline(args.model, resolve_device(args.device), dtypes[args.dtype], args.config,
+                         args.clip_skip)  # fmt: skip
+    loaded = time.perf_counter()
+    n = args.num_images
+    images = pipe.txt2img(
+        [args.prompt] * n,
+        [args.negative_prompt] * n,
+        [args.seed + i for i in range(n)],
+        args.width,
+        args.height,
+        args.steps,
+        args.guidance,
+        args.sampler,
+        args.eta,
+        args.karras,
+    )
+    done = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if n == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+    for image, path in zip(images, paths, strict=True):
+        image.save(path)
+        print(path)
+    print(f"loaded in {loaded - started:.2f}s, generated {n} image(s) in {done - loaded:.2f}s")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.checkpoint.diffusers_folder import (
+        is_diffusers_folder,
+        load_diffusers,
+        save_diffusers,
+    )
+    from model.checkpoint.single_file import load_single_file, save_single_file
+
+    src, dst = Path(args.source), Path(args.destination)
+    dtype = {"float16": torch.float16, "float32": torch.float32}[args.dtype]
+    if is_diffusers_folder(src):
+        components = load_diffusers(src)
+    else:
+        components = load_single_file(src, Path(args.config) if args.config else None)
+    if dst.suffix == ".safetensors":
+        save_single_file(components, dst, dtype)
+    else:
+        c = components
+        save_diffusers(dst, unet=c.unet, vae=c.vae, text_encoder=c.text_encoder,
+                       tokenizer=c.tokenizer, schedule=c.schedule, dtype=dtype)  # fmt: skip
+    print(dst)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    gen = commands.add_parser("generate", help="generate images locally from a prompt")
+    gen.add_argument("--model", default=default_model(), help="diffusers folder or single file")
+    gen.add_argument("--config", default=None, help="diffusers folder with configs/tokenizer")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    gen.add_argument("--karras", action="store_true", help="Karras et al. (2022) sigmas")
+    gen.add_argument("--eta", type=float, default=0.0)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--clip-skip", type=int, default=1)
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    gen.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    gen.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
+    gen.set_defaults(handler=_with_default_size)
+
+    conv = commands.add_parser("convert", help="convert between diffusers folders and single files")
+    conv.add_argument("source", help="diffusers folder or .safetensors/.ckpt file")
+    conv.add_argument("destination", help="FILE.safetensors or a folder")
+    conv.add_argument("--config", default=None, help="diffusers folder with configs/tokenizer")
+    conv.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    conv.set_defaults(handler=run_convert)
+
+
+def _with_default_size(args: argparse.Namespace) -> int:
+    """Default size: 64 for the shipped shapes model, 512 otherwise."""
+    size = 64 if Path(args.model).resolve() == DEFAULT_MODEL.resolve() else 512
+    args.width = args.width or size
+    args.height = args.height or size
+    return run_generate(args)
