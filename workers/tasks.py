@@ -67,7 +67,7 @@ def txt2img(job_id: str) -> dict[str, Any]:
             seeds=[request.seed + i for i in range(request.num_images)],
             width=request.width, height=request.height, steps=request.steps,
             guidance_scale=request.guidance_scale, sampler=request.sampler.value,
-            eta=request.eta, callback=on_step,
+            eta=request.eta, karras=request.karras, callback=on_step,
         )  # fmt: skip
         sampling_s = time.monotonic() - started
         encoded = [encode(image, request, i, settings.model_name) for i, image in enumerate(images)]
