@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs import keys
+
 
 class WorkerSettings(BaseSettings):
     """Configuration of `ldm-serve worker`, read from `LDM_*` environment variables."""
@@ -50,4 +52,4 @@ class WorkerSettings(BaseSettings):
     @property
     def queue_name(self) -> str:
         """The one rq queue this worker listens on: `ldm:<model name>`."""
-        return f"ldm:{self.model_name}"
+        return keys.queue_name(self.model_name)
