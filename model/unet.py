@@ -53,8 +53,23 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     """Sinusoidal embedding [cos, sin] of (possibly fractional) timesteps (Vaswani et al., 2017)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs.to(t.device)[None]  # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
+    freqs = freqs.to(t.device)
+    # Row by row: vectorised cos/sin round differently in a vector body and its scalar tail, so a
+    # whole-batch call would make a row's embedding depend on its position in the batch.
+    rows = [torch.cat([torch.cos(ti * freqs), torch.sin(ti * freqs)]) for ti in t.float()]
+    return torch.stack(rows)  # (B, dim)
+
+
+class RowwiseLinear(nn.Linear):
+    """nn.Linear whose rows never depend on the batch size (CPU GEMM picks M-dependent kernels).
+
+    Used on the (B, emb) timestep path so an image is bit-identical alone or batched; the cost is
+    negligible next to the convolutions.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = [F.linear(row[None], self.weight, self.bias) for row in x]  # B x (1, out)
+        return torch.cat(rows)  # (B, out)
 
 
 class ResBlock(nn.Module):
@@ -67,7 +82,7 @@ class ResBlock(nn.Module):
             nn.SiLU(),
             nn.Conv2d(channels, out_channels, 3, padding=1),
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), RowwiseLinear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
             nn.GroupNorm(groups, out_channels),
             nn.SiLU(),
@@ -131,7 +146,7 @@ class UNet(nn.Module):
         mc, groups = c.model_channels, c.norm_groups
         emb_dim = 4 * mc
         self.time_embed = nn.Sequential(
-            nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            RowwiseLinear(mc, emb_dim), nn.SiLU(), RowwiseLinear(emb_dim, emb_dim)
         )
 
         def transformer(channels: int, level: int) -> SpatialTransformer:
