@@ -14,6 +14,7 @@ from model.components import Components
 from model.conditioning import TextConditioner
 from model.engine import BatchEngine, SampleSpec, to_uint8
 from model.sampling.samplers import SAMPLERS
+from model.vae_tiling import decode_tiled
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Pipeline:
             components.vae.to(memory_format=torch.channels_last)
         self.conditioner = TextConditioner(components.tokenizer, components.text_encoder, clip_skip)
         self.sampler_names = tuple(SAMPLERS)
+        self.tile_latents = 96  # decode larger latents (> 768 px at f=8) in tiles to bound memory
 
     @property
     def latent_scale(self) -> float:
@@ -67,7 +69,12 @@ class Pipeline:
         param = next(vae.parameters())
         z = latents.to(param.device, param.dtype) / self.latent_scale  # (B, C, h, w)
         # never decode a lone latent: CPU conv kernels differ at batch 1 (see engine)
-        pixels = vae.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
+        z_in = z.repeat(2, 1, 1, 1) if len(z) == 1 else z
+        if max(z.shape[-2:]) > self.tile_latents:
+            f = vae.config.downsampling_factor
+            pixels = decode_tiled(vae.decode, z_in, f, self.tile_latents)[: len(z)]
+        else:
+            pixels = vae.decode(z_in)[: len(z)]
         bad = [i for i in range(len(pixels)) if not torch.isfinite(pixels[i]).all()]
         if bad:
             raise NonFiniteOutput(bad)
