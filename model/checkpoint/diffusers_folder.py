@@ -11,7 +11,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from model.autoencoder import AutoencoderKL
 from model.checkpoint import configs, keymap
-from model.checkpoint.files import CheckpointError, load_strict, read_state_dict, write_safetensors
+from model.checkpoint.files import CheckpointError, read_state_dict, write_safetensors
 from model.components import Components
 from model.sampling.schedule import ScheduleConfig
 from model.unet import UNet
@@ -55,48 +55,41 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no weights in {folder} (expected {WEIGHT_NAMES[0]})")
 
 
-def load_unet(folder: Path) -> UNet:
-    """A UNet from a diffusers `unet/` folder, strictly renamed and shape-checked."""
-    config = configs.unet_config_from_diffusers(_read_json(folder / "config.json"))
+def _load_network(folder: Path, name: str, build, read_config, prefixes):  # noqa: ANN001, ANN202
+    """Build a network on the meta device from config.json, then assign renamed, checked weights."""
+    config = read_config(_read_json(folder / "config.json"))
     with torch.device("meta"):
-        unet = UNet(config)
-    table = keymap.unet_prefixes(config)
+        module = build(config)
     try:
-        tensors = keymap.compvis_from_diffusers(list(unet.state_dict()), _weights(folder), table)
+        tensors = keymap.compvis_from_diffusers(
+            list(module.state_dict()), _weights(folder), prefixes(config)
+        )
     except KeyError as error:
-        raise CheckpointError(f"unet: {error.args[0]}") from None
-    unet.load_state_dict(_checked(unet, tensors, "unet"), assign=True)
-    return unet.float()
-
-
-def load_vae(folder: Path) -> AutoencoderKL:
-    """An AutoencoderKL from a diffusers `vae/` folder."""
-    config = configs.vae_config_from_diffusers(_read_json(folder / "config.json"))
-    with torch.device("meta"):
-        vae = AutoencoderKL(config)
-    table = keymap.vae_prefixes(config)
-    try:
-        tensors = keymap.compvis_from_diffusers(list(vae.state_dict()), _weights(folder), table)
-    except KeyError as error:
-        raise CheckpointError(f"vae: {error.args[0]}") from None
-    vae.load_state_dict(_checked(vae, tensors, "vae"), assign=True)
-    return vae.float()
-
-
-def _checked(module: torch.nn.Module, tensors: dict, what: str) -> dict:
-    """Verify names and shapes against a (meta) module before assigning."""
-    probe = {k: torch.empty(0) for k in tensors}  # names only; shapes checked below
+        raise CheckpointError(f"{name}: {error.args[0]}") from None
     expected = module.state_dict()
-    if set(probe) != set(expected):
-        load_strict(module, tensors, what)  # raises with the missing/unexpected names
     wrong = [k for k, v in expected.items() if tuple(tensors[k].shape) != tuple(v.shape)]
     if wrong:
         k = wrong[0]
         raise CheckpointError(
-            f"{what}: {len(wrong)} shape mismatches, e.g. {k}: checkpoint "
+            f"{name}: {len(wrong)} shape mismatches, e.g. {k}: checkpoint "
             f"{tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
         )
-    return tensors
+    module.load_state_dict(tensors, assign=True)
+    return module.float()
+
+
+def load_unet(folder: Path) -> UNet:
+    """A UNet from a diffusers `unet/` folder, strictly renamed and shape-checked."""
+    return _load_network(
+        folder, "unet", UNet, configs.unet_config_from_diffusers, keymap.unet_prefixes
+    )
+
+
+def load_vae(folder: Path) -> AutoencoderKL:
+    """An AutoencoderKL from a diffusers `vae/` folder."""
+    return _load_network(
+        folder, "vae", AutoencoderKL, configs.vae_config_from_diffusers, keymap.vae_prefixes
+    )
 
 
 def load_diffusers(path: Path) -> Components:
