@@ -54,6 +54,10 @@ def model_runtime(settings: WorkerSettings) -> Runtime:
     from model.engine import BatchEngine, SampleSpec
     from model.pipeline import load_pipeline
 
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     pipe = load_pipeline(settings.model, device=device, dtype=resolve_dtype(settings.dtype, device))
     return Runtime(

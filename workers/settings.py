@@ -41,6 +41,9 @@ class WorkerSettings(BaseSettings):
         default=30.0, ge=0
     )  # then exit non-zero and let restart handle it
     log_level: str = "INFO"
+    # Intra-op CPU threads for torch; 0 keeps torch's default (all cores). On hosts that share CPUs
+    # with other processes, fewer threads avoid OpenMP spin-waiting (see docs/benchmarks.md).
+    torch_threads: int = Field(default=0, ge=0, le=1024)
 
     @model_validator(mode="after")
     def _derive_heartbeat_interval(self) -> WorkerSettings:
