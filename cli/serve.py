@@ -95,7 +95,11 @@ def run_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
     env.setdefault("LDM_DEVICE", "cpu")
-    env.setdefault("LDM_MODEL", "models/default")
+    from cli.generate import DEFAULT_MODEL  # the shipped model, wherever the command runs from
+
+    env.setdefault("LDM_MODEL", str(DEFAULT_MODEL))
+    if Path(env["LDM_MODEL"]).resolve() == DEFAULT_MODEL.resolve():
+        env.setdefault("LDM_DEFAULT_SIZE", "64")  # the default model was trained at 64x64
     env.setdefault("LDM_SHUTDOWN_GRACE", "10")
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     if not _redis_reachable(env["REDIS_URL"]):
