@@ -1,13 +1,14 @@
 """Load benchmark of the whole service: N closed-loop HTTP clients against a stack it starts itself.
 
-    python -m bench.load [--model PATH | --tiny] [--clients 16] [--seconds 30] [--quick]
+    python -m bench.load [--model PATH | --standin | --tiny] [--clients 16] [--seconds 30]
+                         [--quick] [--threads N] [--poll 0.25|eta]
                          [--width 64 --height 64 --steps 25 --guidance 7.5 --sampler ddim]
 
 For each configuration it starts a fresh stack on free loopback ports: redis-server (temp dir, no
 persistence), `ldm-serve api` and one `ldm-serve worker` (CPU, float32). Then it warms up, runs
 `--clients` threads that each loop {POST /v1/txt2img; poll GET /v1/jobs/{id} every --poll s until
-terminal; GET the image} until --seconds have passed (or --requests have been served), scrapes the
-worker's /metrics before and after, and stops the stack. Configurations, in this order:
+terminal; GET the image} until --seconds have passed (or --requests have been served), samples the
+worker's /metrics and every process's CPU time, and stops the stack. Configurations, in this order:
 
   (c) direct: `load_pipeline(model).txt2img(...)` in this process at batch --clients, same
       request parameters (run before and after the service runs; median of all repeats);
@@ -22,7 +23,8 @@ bytes received) over the same steady-state requests (each client's first request
 Mean batch occupancy is sum/count of the worker's `ldm_worker_batch_size` histogram over the
 steady state (from the moment every client has finished its first request to the deadline, so the
 start-up ramp's small batches are left out); UNet steps/s is the rate of batched UNet forwards
-(the histogram's count) over the same window.
+(the histogram's count) over the same window. The same window gives CPU seconds per image of the
+worker, API, Redis and the client threads (from /proc), next to the direct run's.
 
 Ratios: batching speedup = X(a) / X(b) (goal >= 2x); service overhead = 1 - X(a) / X(c)
 (goal <= 10%). Only loopback traffic; every loop is bounded in count and time.
