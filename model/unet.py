@@ -56,6 +56,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = freqs.to(t.device)
     # Row by row: vectorised cos/sin round differently in a vector body and its scalar tail, so a
     # whole-batch call would make a row's embedding depend on its position in the batch.
+    if t.device.type != "cpu":
+        args = t.float()[:, None] * freqs[None]  # (B, half)
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
     rows = [torch.cat([torch.cos(ti * freqs), torch.sin(ti * freqs)]) for ti in t.float()]
     return torch.stack(rows)  # (B, dim)
 
@@ -68,6 +71,8 @@ class RowwiseLinear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":  # bit-identity is promised on CPU; GPUs take the batched GEMM
+            return super().forward(x)
         rows = [F.linear(row[None], self.weight, self.bias) for row in x]  # B x (1, out)
         return torch.cat(rows)  # (B, out)
 
