@@ -1,0 +1,50 @@
+"""`ldm-serve eval shapes --model PATH`: prompt adherence and reconstruction PSNR (held out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    """Evaluate a diffusers folder on held-out shapes prompts; exit 1 if a threshold is missed."""
+    import torch
+
+    from model.training.evaluate import evaluate_shapes
+
+    torch.set_num_threads(args.threads)
+    if args.speed:
+        from model.training.evaluate import measure_speed
+
+        print(json.dumps(measure_speed(args.model, steps=args.steps), indent=2))
+        return 0
+    report = evaluate_shapes(
+        args.model,
+        count=args.count,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        batch_size=args.batch_size,
+        grid_path=args.grid,
+    )
+    print(json.dumps(report, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["passed"] else 1
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `eval shapes`."""
+    parser = commands.add_parser("eval", help="evaluate a model")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    shapes = kinds.add_parser("shapes", help="prompt adherence on held-out shapes prompts")
+    shapes.add_argument("--model", type=Path, default=Path("models/default"))
+    shapes.add_argument("--count", type=int, default=300, help="held-out prompts (max 300)")
+    shapes.add_argument("--steps", type=int, default=25)
+    shapes.add_argument("--guidance-scale", type=float, default=5.0)
+    shapes.add_argument("--batch-size", type=int, default=16)
+    shapes.add_argument("--threads", type=int, default=2)
+    shapes.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
+    shapes.add_argument("--json", type=Path, default=None, help="write the report here")
+    shapes.add_argument("--speed", action="store_true", help="time 1 image and batch 16 instead")
+    shapes.set_defaults(handler=run_shapes)

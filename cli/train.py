@@ -1,0 +1,114 @@
+"""`ldm-serve train autoencoder|ldm`: the two training stages of the default shapes model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of images with caption .txt side files (default: shapes)",
+    )
+    parser.add_argument("--num-images", type=int, default=20000, help="shapes scenes to generate")
+    parser.add_argument("--data-seed", type=int, default=1)
+    parser.add_argument("--size", type=int, default=64, help="image side for --images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+
+
+def _load_data(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """uint8 images and either shapes Samples or plain caption strings."""
+    import numpy as np
+
+    if args.images is not None:
+        from model.training.folder import load_folder
+
+        return load_folder(args.images, args.size)
+    from model.training.shapes import make_samples, render
+
+    samples = make_samples(args.num_images, args.data_seed)
+    return np.stack([render(s.scene) for s in samples]), samples
+
+
+def _overrides(args: argparse.Namespace, **names: str) -> dict[str, Any]:
+    """Training-config fields given on the command line."""
+    out = {"steps": args.steps, "seed": args.seed, "threads": args.threads}
+    for field, attr in names.items():
+        if getattr(args, attr) is not None:
+            out[field] = getattr(args, attr)
+    return out
+
+
+def run_autoencoder(args: argparse.Namespace) -> int:
+    """Stage 1 handler."""
+    import numpy as np
+
+    from model.training.autoencoder_trainer import AutoencoderTraining, train_autoencoder
+
+    images, _ = _load_data(args)
+    held_out = images[-256:]
+    training = AutoencoderTraining(
+        **_overrides(args, batch_size="batch_size", learning_rate="lr", target_psnr="target_psnr")
+    )
+    train_autoencoder(
+        np.ascontiguousarray(images[:-256]),
+        held_out,
+        args.run_dir,
+        training=training,
+        resume=not args.no_resume,
+        init=args.init,
+        decoder_only=args.decoder_only,
+    )
+    return 0
+
+
+def run_ldm(args: argparse.Namespace) -> int:
+    """Stage 2 handler."""
+    from model.training.ldm_trainer import LDMTraining, train_ldm
+
+    images, captions = _load_data(args)
+    training = LDMTraining(**_overrides(args, batch_size="batch_size", learning_rate="lr"))
+    train_ldm(
+        images,
+        captions,
+        args.autoencoder,
+        args.run_dir,
+        args.output,
+        training=training,
+        resume=not args.no_resume,
+    )
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `train autoencoder` and `train ldm`."""
+    train = commands.add_parser(
+        "train", help="train the autoencoder, then the latent diffusion model"
+    )
+    stages = train.add_subparsers(dest="stage", required=True)
+    stage1 = stages.add_parser("autoencoder", help="stage 1: KL autoencoder")
+    _data_args(stage1)
+    stage1.add_argument("--run-dir", type=Path, default=Path("runs/autoencoder"))
+    stage1.add_argument("--target-psnr", type=float, default=None, help="stop early at this dB")
+    stage1.add_argument("--init", type=Path, default=None, help="start from this autoencoder.pt")
+    stage1.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="fine-tune only the decoder: latents (and stage 2) stay valid",
+    )
+    stage1.set_defaults(handler=run_autoencoder)
+    stage2 = stages.add_parser("ldm", help="stage 2: UNet + text encoder on pre-encoded latents")
+    _data_args(stage2)
+    stage2.add_argument("--autoencoder", type=Path, default=Path("runs/autoencoder/autoencoder.pt"))
+    stage2.add_argument("--run-dir", type=Path, default=Path("runs/ldm"))
+    stage2.add_argument("--output", type=Path, default=Path("models/default"))
+    stage2.set_defaults(handler=run_ldm)

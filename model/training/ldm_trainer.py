@@ -1,0 +1,262 @@
+"""Stage 2: the text-conditioned UNet and its CLIP text encoder (tau_theta), trained jointly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from model.autoencoder import AutoencoderKL
+from model.checkpoint.diffusers_folder import save_diffusers
+from model.sampling.schedule import ScheduleConfig, alphas_cumprod
+from model.training.autoencoder_trainer import learning_rate, load_autoencoder
+from model.training.common import (
+    EMA,
+    Progress,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    to_tensor,
+)
+from model.training.shapes import Sample, caption, vocabulary_corpus
+from model.training.tokenizer_builder import build_tokenizer
+from model.unet import UNet, UNetConfig
+
+WINDOW = 77  # the inference TextConditioner always feeds BOS + 75 tokens + EOS windows
+
+# 16x16x4 latents: levels at 16, 8, 4 px; attention only at 8x8 and 4x4 (64 and 16 tokens).
+SHAPES_UNET = UNetConfig(
+    model_channels=32,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_levels=(False, True, True),
+    num_heads=(2, 4, 4),  # 16-channel heads at 64 channels
+    context_dim=64,
+    use_linear_projection=True,
+    norm_groups=8,
+)
+SHAPES_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": WINDOW,
+}
+# DDPM's linear betas (Ho et al., 2020) end at alpha_bar_T ~ 4e-5: tiny 16x16 latents need that
+# much noise at t = T, where SD's scaled_linear schedule would leave 7% of the signal.
+SHAPES_SCHEDULE = ScheduleConfig(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+
+
+@dataclass(frozen=True)
+class LDMTraining:
+    """Optimisation settings for stage 2."""
+
+    steps: int = 6000
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    warmup: int = 200
+    caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    sample_prompts: int = 48
+    threads: int | None = 2
+
+
+def token_ids(tokenizer: CLIPTokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """(B, 77) ids laid out exactly as the inference TextConditioner's first window."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids[: WINDOW - 2]
+        rows.append(
+            [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (WINDOW - 2 - len(ids))
+        )
+    return torch.tensor(rows)
+
+
+def text_encoder_for(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """A small CLIPTextModel over the tokenizer's vocabulary."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES_TEXT,
+    )
+    return CLIPTextModel(config)
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std (N, z, h, w) of every image, computed once for all of training."""
+    means, stds = [], []
+    for i in range(0, len(images), 128):
+        posterior = vae.encode(to_tensor(images[i : i + 128]))
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+class Captions:
+    """Captions per step: shapes scenes are re-captioned with fresh templates; strings are fixed."""
+
+    def __init__(self, items: Sequence[Sample] | Sequence[str], seed: int) -> None:
+        self.items, self.rng = items, random.Random(seed)
+
+    def words(self) -> list[str]:
+        if self.items and isinstance(self.items[0], Sample):
+            return vocabulary_corpus()
+        return sorted(
+            {w for text in self.items for w in str(text).lower().replace(",", " , ").split()}
+        )
+
+    def get(self, index: Sequence[int]) -> list[str]:
+        out = []
+        for i in index:
+            item = self.items[i]
+            out.append(caption(item.scene, self.rng).caption if isinstance(item, Sample) else item)
+        return out
+
+
+def train_ldm(
+    images: np.ndarray,
+    captions: Sequence[Sample] | Sequence[str],
+    autoencoder: Path,
+    run_dir: Path,
+    output: Path,
+    unet_config: UNetConfig = SHAPES_UNET,
+    schedule: ScheduleConfig = SHAPES_SCHEDULE,
+    training: LDMTraining = LDMTraining(),
+    resume: bool = True,
+) -> Path:
+    """Train stage 2 on pre-encoded latents; writes the diffusers folder `output`."""
+    seed_everything(training.seed, training.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vae = load_autoencoder(autoencoder)
+    scale = vae.config.scaling_factor
+    latents_file = run_dir / "latents.pt"
+    if resume and latents_file.exists():
+        mean, std = torch.load(latents_file)
+    else:
+        print(f"[ldm] pre-encoding {len(images)} images once", flush=True)
+        mean, std = encode_latents(vae, images)
+        torch.save((mean, std), latents_file)
+    texts = Captions(captions, training.seed)
+    tokenizer = build_tokenizer(texts.words(), run_dir / "tokenizer_files")
+    unet, text_encoder = UNet(unet_config), text_encoder_for(tokenizer)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
+    ema_unet, ema_text = EMA(unet, training.ema_decay), EMA(text_encoder, training.ema_decay)
+    a_bar = alphas_cumprod(schedule)  # (T,)
+    generator = torch.Generator().manual_seed(training.seed)
+    checkpoint, start = run_dir / "checkpoint.pt", 0
+    if resume and checkpoint.exists():
+        payload = load_checkpoint(
+            checkpoint,
+            unet=unet,
+            text_encoder=text_encoder,
+            optimizer=optimizer,
+            ema_unet=ema_unet,
+            ema_text=ema_text,
+        )
+        generator.set_state(payload["generator"])
+        texts.rng.setstate(payload["caption_rng"])
+        start = payload["step"]
+        print(f"[ldm] resumed from {checkpoint} at step {start}", flush=True)
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text_encoder.parameters())
+    print(
+        f"[ldm] unet {n_unet / 1e6:.2f}M, text encoder {n_text / 1e6:.2f}M params, latents "
+        f"{tuple(mean.shape[1:])}, scale {scale:.4f}",
+        flush=True,
+    )
+    (run_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "unet": dataclasses.asdict(unet_config),
+                "schedule": dataclasses.asdict(schedule),
+                "text": SHAPES_TEXT,
+                "training": dataclasses.asdict(training),
+            },
+            indent=2,
+        )
+    )
+
+    def export(path: Path) -> Path:
+        """EMA weights as a diffusers folder (fp16), tokenizer files included."""
+        ema_u, ema_t = UNet(unet_config), text_encoder_for(tokenizer)
+        ema_u.load_state_dict(ema_unet.shadow)
+        ema_t.load_state_dict(ema_text.shadow)
+        save_diffusers(
+            path, unet=ema_u, vae=vae, text_encoder=ema_t, tokenizer=tokenizer, schedule=schedule
+        )
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(run_dir / "tokenizer_files" / name, path / "tokenizer" / name)
+        return path
+
+    progress = Progress(training.steps, start, every=50, name="ldm")
+    unet.train()
+    text_encoder.train()
+    for step in range(start + 1, training.steps + 1):
+        lr = learning_rate(step - 1, training.steps, training.learning_rate, training.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = torch.randint(len(mean), (training.batch_size,), generator=generator)
+        noise = torch.randn(mean[index].shape, generator=generator)
+        z0 = (mean[index] + std[index] * noise) * scale  # (B, z, h, w) posterior sample, scaled
+        batch_texts = texts.get(index.tolist())
+        drop = torch.rand(len(batch_texts), generator=generator) < training.caption_dropout
+        batch_texts = ["" if d else t for t, d in zip(batch_texts, drop.tolist(), strict=True)]
+        t = torch.randint(len(a_bar), (training.batch_size,), generator=generator)
+        eps = torch.randn(z0.shape, generator=generator)
+        a = a_bar[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # DDPM forward process q(z_t | z_0)
+        context = text_encoder(token_ids(tokenizer, batch_texts)).last_hidden_state  # (B, 77, D)
+        loss = F.mse_loss(unet(zt, t.float(), context), eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema_unet.update(unet)
+        ema_text.update(text_encoder)
+        progress.update(step, loss.item(), lr=lr)
+        if step % training.checkpoint_every == 0 or step == training.steps:
+            save_checkpoint(
+                checkpoint,
+                step,
+                unet=unet,
+                text_encoder=text_encoder,
+                optimizer=optimizer,
+                ema_unet=ema_unet,
+                ema_text=ema_text,
+                generator=generator.get_state(),
+                caption_rng=texts.rng.getstate(),
+            )
+        if training.sample_every and step % training.sample_every == 0 and step < training.steps:
+            quick_check(export(run_dir / "snapshot"), run_dir, step, training.sample_prompts)
+    print(f"[ldm] trained in {progress.elapsed / 60:.1f} min", flush=True)
+    (run_dir / "losses.json").write_text(json.dumps(progress.history))
+    return export(output)
+
+
+def quick_check(folder: Path, run_dir: Path, step: int, count: int) -> None:
+    """Mid-training adherence on a few held-out prompts, plus a sample grid."""
+    from model.training.evaluate import evaluate_shapes
+
+    report = evaluate_shapes(
+        folder, count=count, grid_path=run_dir / f"samples_{step:06d}.png", psnr_images=0
+    )
+    scores = report["adherence"]
+    metrics = " ".join(f"{k}={v:.2f}" for k, v in scores.items() if k.startswith(("one", "two")))
+    print(f"[ldm] step {step} quick eval ({count} prompts): {metrics}", flush=True)

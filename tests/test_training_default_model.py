@@ -1,0 +1,40 @@
+"""The shipped models/default passes issue 5's thresholds on a small held-out subset (CI time)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model.training.judge import THRESHOLDS
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reason="no model")
+
+
+def test_default_model_is_small_and_complete() -> None:
+    size = sum(p.stat().st_size for p in MODEL.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20, size
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (MODEL / part).is_dir(), part
+    assert (MODEL / "tokenizer" / "vocab.json").is_file()
+    assert (MODEL / "tokenizer" / "merges.txt").is_file()
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+
+
+@pytest.mark.slow
+def test_default_model_follows_prompts() -> None:
+    import torch
+
+    from model.training.evaluate import evaluate_shapes
+
+    torch.set_num_threads(2)
+    report = evaluate_shapes(MODEL, count=24, psnr_images=64)
+    scores = report["adherence"]
+    assert report["reconstruction_psnr_db"] >= 30.0, report
+    # 24 prompts (16 one-object, 8 two-object): each miss costs 6-12 points, so allow one.
+    for key, threshold in THRESHOLDS.items():
+        slack = 1.0 / (scores["num_one"] if key.startswith("one") else scores["num_two"])
+        assert scores[key] >= threshold - slack, (key, scores)

@@ -1,0 +1,111 @@
+"""A few training steps of each stage on tiny configs: the loss falls and the output loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.autoencoder import AutoencoderConfig
+from model.training.autoencoder_trainer import (
+    AutoencoderTraining,
+    load_autoencoder,
+    train_autoencoder,
+)
+from model.training.ldm_trainer import LDMTraining, train_ldm
+from model.training.shapes import make_samples, render
+from model.unet import UNetConfig
+
+TINY_AE = AutoencoderConfig(
+    base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, latent_channels=4, norm_groups=2
+)
+TINY_UNET = UNetConfig(
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_levels=(False, True),
+    num_heads=(1, 2),
+    context_dim=64,
+    use_linear_projection=True,
+    norm_groups=4,
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, list]:
+    samples = make_samples(160, seed=2)
+    return np.stack([render(s.scene) for s in samples]), samples
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory: pytest.TempPathFactory, data: tuple) -> Path:
+    images, _ = data
+    run = tmp_path_factory.mktemp("ae")
+    training = AutoencoderTraining(
+        steps=30,
+        batch_size=8,
+        learning_rate=2e-3,
+        warmup=5,
+        eval_every=30,
+        checkpoint_every=15,
+        threads=None,
+    )
+    model = train_autoencoder(images[:128], images[128:], run, TINY_AE, training, resume=False)
+    history = json.loads((run / "losses.json").read_text())
+    assert len(history) == 30 and np.mean(history[-5:]) < np.mean(history[:5])
+    assert model.config.scaling_factor > 0
+    return run / "autoencoder.pt"
+
+
+def test_autoencoder_reloads(autoencoder: Path) -> None:
+    model = load_autoencoder(autoencoder)
+    x = torch.zeros(1, 3, 64, 64)
+    assert model.encode(x).mean.shape == (1, 4, 16, 16)
+
+
+def test_autoencoder_resumes(autoencoder: Path, data: tuple, capsys: pytest.CaptureFixture) -> None:
+    images, _ = data
+    training = AutoencoderTraining(steps=30, batch_size=8, eval_every=30, threads=None)
+    train_autoencoder(images[:128], images[128:], autoencoder.parent, TINY_AE, training)
+    assert "resumed stage 1" in capsys.readouterr().out
+
+
+def test_ldm_loss_falls_and_folder_loads(autoencoder: Path, data: tuple, tmp_path: Path) -> None:
+    images, samples = data
+    training = LDMTraining(
+        steps=40,
+        batch_size=16,
+        learning_rate=2e-3,
+        warmup=5,
+        checkpoint_every=20,
+        sample_every=0,
+        threads=None,
+    )
+    train_ldm(
+        images,
+        samples,
+        autoencoder,
+        tmp_path / "run",
+        tmp_path / "model",
+        unet_config=TINY_UNET,
+        training=training,
+        resume=False,
+    )
+    history = np.array(json.loads((tmp_path / "run" / "losses.json").read_text()))
+    assert history[-10:].mean() < history[:10].mean()
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (tmp_path / "model" / part).is_dir()
+    from model.pipeline import load_pipeline
+
+    pipe = load_pipeline(tmp_path / "model")
+    images_out = pipe.txt2img(
+        prompts=["a red circle", "a blue square on the left"],
+        seeds=[0, 1],
+        width=64,
+        height=64,
+        steps=3,
+    )
+    assert [im.size for im in images_out] == [(64, 64), (64, 64)]
