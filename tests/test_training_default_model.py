@@ -36,7 +36,7 @@ def report() -> dict:
 
 @pytest.mark.slow
 def test_default_model_reconstructs_and_draws_colours(report: dict) -> None:
-    """Regression floor at the shipped level (300 prompts: colour 87%, PSNR 33.8 dB)."""
+    """Regression floor at the shipped level (300 prompts: colour 95%, PSNR 33.8 dB)."""
     assert report["reconstruction_psnr_db"] >= 30.0, report
     assert report["adherence"]["one_colour"] >= 0.7, report
 
