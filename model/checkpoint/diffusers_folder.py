@@ -144,8 +144,9 @@ def save_diffusers(
         (folder / "config.json").write_text(json.dumps(config, indent=2))
         tensors = {k: v.to(dtype) for k, v in module.state_dict().items()}
         write_safetensors(keymap.diffusers_from_compvis(tensors, table), folder / WEIGHT_NAMES[0])
+    original = next(text_encoder.parameters()).dtype
     text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
-    text_encoder.float()
+    text_encoder.to(original)  # leave the caller's model as it was
     tokenizer.save_pretrained(path / "tokenizer")
     (path / "scheduler").mkdir(exist_ok=True)
     (path / "scheduler" / "scheduler_config.json").write_text(
