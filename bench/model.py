@@ -43,18 +43,9 @@ CONTEXT_DIM = 256
 
 def build_midsize_sd(path: Path, seed: int = 0) -> Path:
     """Write a random mid-size SD-layout diffusers folder (UNet ~ 1/5 of SD 1.5 widths)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from tests.tiny_models import build_tiny_sd
 
-    from tests.tiny_models import write_tiny_clip_tokenizer
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    unet = dict(
         block_out_channels=(64, 128, 256),
         layers_per_block=2,
         sample_size=32,
@@ -66,7 +57,7 @@ def build_midsize_sd(path: Path, seed: int = 0) -> Path:
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
+    vae = dict(
         block_out_channels=(32, 64, 128),
         in_channels=3,
         out_channels=3,
@@ -76,47 +67,9 @@ def build_midsize_sd(path: Path, seed: int = 0) -> Path:
         norm_num_groups=32,
         layers_per_block=2,
     )
-    tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
-    tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"),
-        str(tokenizer_dir / "merges.txt"),
-        pad_token="<|endoftext|>",
-        model_max_length=77,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=CONTEXT_DIM,
-            intermediate_size=4 * CONTEXT_DIM,
-            num_attention_heads=4,
-            num_hidden_layers=4,
-            vocab_size=len(tokenizer) + 2,
-            max_position_embeddings=77,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-    )
-    StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(str(path), safe_serialization=True)
-    return path
+    text = dict(hidden_size=CONTEXT_DIM, intermediate_size=4 * CONTEXT_DIM, num_attention_heads=4,
+                num_hidden_layers=4)  # fmt: skip
+    return build_tiny_sd(path, seed=seed, unet=unet, vae=vae, text=text)
 
 
 def param_count(module: torch.nn.Module) -> int:

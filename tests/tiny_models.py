@@ -44,9 +44,18 @@ def tiny_unet_config(cross_attention_dim: int = 32, linear: bool = False) -> dic
 
 
 def build_tiny_sd(
-    path: Path, prediction_type: str = "epsilon", seed: int = 0, linear: bool = False
+    path: Path,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    linear: bool = False,
+    unet: dict | None = None,
+    vae: dict | None = None,
+    text: dict | None = None,
 ) -> Path:
-    """Write a tiny random SD pipeline in the diffusers folder layout and return its path."""
+    """Write a random SD pipeline in the diffusers folder layout and return its path.
+
+    `unet`, `vae` and `text` override the tiny configs (bench/model.py builds a mid-size model).
+    """
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -56,16 +65,21 @@ def build_tiny_sd(
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config(linear=linear))
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8,
-        layers_per_block=1,
+    unet_model = UNet2DConditionModel(**(unet or tiny_unet_config(linear=linear)))
+    vae_model = AutoencoderKL(
+        **(
+            vae
+            or dict(
+                block_out_channels=(16, 32),
+                in_channels=3,
+                out_channels=3,
+                latent_channels=4,
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2,
+                norm_num_groups=8,
+                layers_per_block=1,
+            )
+        )
     )
     tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
     tokenizer = CLIPTokenizer(
@@ -78,12 +92,14 @@ def build_tiny_sd(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=3,
         vocab_size=len(tokenizer) + 2,
         max_position_embeddings=77,
+        **(
+            text
+            or dict(
+                hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3
+            )
+        ),  # fmt: skip
     )
     text_encoder = CLIPTextModel(text_config)
     scheduler = DDIMScheduler(
@@ -97,8 +113,8 @@ def build_tiny_sd(
         timestep_spacing="leading",
     )
     pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
+        unet=unet_model,
+        vae=vae_model,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=scheduler,
