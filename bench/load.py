@@ -35,22 +35,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import os
-import platform
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from bench.stack import loadavg, machine_info, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
@@ -66,169 +62,6 @@ PROMPTS = [
     "two red squares, on a white background",
     "a large white circle in the center, on a blue background",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# machine
-# --------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, str]:
-    """CPU, cores, torch, date, commit and load: enough to compare runs on other machines."""
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            timeout=10, check=False,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        commit = "?"
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "cores": f"{os.cpu_count()} logical, {affinity} usable",
-        "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op threads)",
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-        "commit": commit or "?",
-        "load average": loadavg(),
-    }
-
-
-def loadavg() -> str:
-    """1/5/15-minute load averages (other work on the machine skews every number here)."""
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# --------------------------------------------------------------------------------------------
-# the stack: redis-server + ldm-serve api + one ldm-serve worker
-# --------------------------------------------------------------------------------------------
-
-
-class Stack:
-    """A private redis-server, API and worker on free loopback ports; logs in a temp dir."""
-
-    def __init__(self, model: Path, max_batch: int, workdir: Path, name: str,
-                 threads: int | None = None) -> None:  # fmt: skip
-        self.dir = workdir / name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.redis_port, self.api_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.url = f"http://127.0.0.1:{self.api_port}"
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.env = {
-            **os.environ, "PYTHONPATH": str(REPO), "REDIS_URL": self.redis_url,
-            "LDM_MODEL": str(model), "LDM_MODEL_NAME": "default", "LDM_DEVICE": "cpu",
-            "LDM_DTYPE": "float32", "LDM_MAX_BATCH": str(max_batch),
-            "LDM_METRICS_PORT": str(self.metrics_port), "LDM_RATE_LIMIT": "0",
-            "LDM_SHUTDOWN_GRACE": "1", "LDM_RESULT_TTL": "600", "LDM_LOG_LEVEL": "WARNING",
-        }  # fmt: skip
-        if threads:  # the worker's torch.set_num_threads, as the direct run's
-            self.env["LDM_TORCH_THREADS"] = str(threads)
-
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-        log.close()
-        self.procs.append((name, proc))
-
-    def start(self, timeout: float = 180.0) -> None:
-        """Start all three and wait for /readyz (Redis up, worker registered, model loaded)."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server not found: sudo apt-get install -y redis-server")
-        self._spawn("redis", [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                              "--dir", str(self.dir), "--save", "", "--appendonly", "no",
-                              "--maxmemory-policy", "noeviction"])  # fmt: skip
-        cli = [sys.executable, "-m", "cli.main"]
-        self._spawn("api", [*cli, "api", "--host", "127.0.0.1", "--port", str(self.api_port),
-                            "--log-level", "warning"])  # fmt: skip
-        self._spawn("worker", [*cli, "worker"])
-        deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2) as client:
-            while time.monotonic() < deadline:
-                for name, proc in self.procs:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(f"{self.url}/readyz").status_code == 200:
-                        return
-                time.sleep(0.2)
-        raise RuntimeError(f"stack not ready after {timeout:g}s:\n{self.log('worker')}")
-
-    def log(self, name: str) -> str:
-        path = self.dir / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def stop(self) -> None:
-        """Worker first, Redis last: SIGTERM, then SIGKILL if one lingers."""
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-        self.procs.clear()
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds (user + system) used so far by each stack process and by this one (the
-        client threads): {'cpu_worker', 'cpu_api', 'cpu_redis', 'cpu_clients'}."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        out = {"cpu_clients": time.process_time()}
-        for name, proc in self.procs:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[f"cpu_{name}"] = (int(fields[11]) + int(fields[12])) / ticks
-        return out
-
-    def probe(self) -> dict[str, float]:
-        """Worker metrics and CPU seconds, for deltas over a window."""
-        return {**self.worker_metrics(), **self.cpu_seconds()}
-
-    def worker_metrics(self) -> dict[str, float]:
-        """Scrape the worker's /metrics, summed over label sets: {'metric_name': value}."""
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            name = key.split("{", 1)[0]
-            with contextlib.suppress(ValueError):
-                values[name] = values.get(name, 0.0) + float(value)
-        return values
-
-
-@contextlib.contextmanager
-def running_stack(model: Path, max_batch: int, workdir: Path, name: str,
-                  threads: int | None) -> Iterator[Stack]:  # fmt: skip
-    stack = Stack(model, max_batch, workdir, name, threads)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
 
 
 # --------------------------------------------------------------------------------------------
