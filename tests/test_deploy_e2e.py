@@ -231,8 +231,11 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
     processes, prometheus = stack
 
     def targets_up() -> bool:
-        response = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()
-        targets = response["data"]["activeTargets"]
+        # Prometheus answers 503 "Service Unavailable" (plain text) until its TSDB is open.
+        response = httpx.get(f"{prometheus}/api/v1/targets", timeout=5)
+        if response.status_code != 200:
+            return False
+        targets = response.json()["data"]["activeTargets"]
         return len(targets) == 3 and all(t["health"] == "up" for t in targets)
 
     wait_until(targets_up, 120, processes, "every scrape target up (API, worker, Prometheus)")
