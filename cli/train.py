@@ -73,16 +73,20 @@ def run_autoencoder(args: argparse.Namespace) -> int:
 
 def run_ldm(args: argparse.Namespace) -> int:
     """Stage 2 handler."""
-    from model.training.ldm_trainer import LDMTraining, train_ldm
+    import dataclasses
+
+    from model.training.ldm_trainer import SHAPES_SCHEDULE, LDMTraining, train_ldm
 
     images, captions = _load_data(args)
     training = LDMTraining(**_overrides(args, batch_size="batch_size", learning_rate="lr"))
+    schedule = dataclasses.replace(SHAPES_SCHEDULE, prediction_type=args.prediction_type)
     train_ldm(
         images,
         captions,
         args.autoencoder,
         args.run_dir,
         args.output,
+        schedule=schedule,
         training=training,
         resume=not args.no_resume,
     )
@@ -111,4 +115,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     stage2.add_argument("--autoencoder", type=Path, default=Path("runs/autoencoder/autoencoder.pt"))
     stage2.add_argument("--run-dir", type=Path, default=Path("runs/ldm"))
     stage2.add_argument("--output", type=Path, default=Path("models/default"))
+    stage2.add_argument(
+        "--prediction-type",
+        choices=("v_prediction", "epsilon"),
+        default="v_prediction",
+        help="what the UNet learns to predict (v: Salimans & Ho, 2022)",
+    )
     stage2.set_defaults(handler=run_ldm)

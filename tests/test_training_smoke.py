@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from model.autoencoder import AutoencoderConfig
+from model.sampling.schedule import ScheduleConfig
 from model.training.autoencoder_trainer import (
     AutoencoderTraining,
     load_autoencoder,
     train_autoencoder,
 )
-from model.training.ldm_trainer import LDMTraining, train_ldm
+from model.training.ldm_trainer import SHAPES_SCHEDULE, LDMTraining, target, train_ldm
 from model.training.shapes import make_samples, render
 from model.unet import UNetConfig
 
@@ -109,3 +110,17 @@ def test_ldm_loss_falls_and_folder_loads(autoencoder: Path, data: tuple, tmp_pat
         steps=3,
     )
     assert [im.size for im in images_out] == [(64, 64), (64, 64)]
+    scheduler = json.loads((tmp_path / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == SHAPES_SCHEDULE.prediction_type == "v_prediction"
+
+
+def test_v_target_inverts_to_the_clean_latent() -> None:
+    """diffusers' v -> x0 rule, x0 = sqrt(a) z_t - sqrt(1 - a) v, recovers z0 from our target."""
+    generator = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(2, 3, 4, 4, 4, generator=generator)
+    a = torch.tensor([0.9999, 0.5, 4e-5]).view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+    v = target(SHAPES_SCHEDULE, z0, eps, a)
+    torch.testing.assert_close(a.sqrt() * zt - (1 - a).sqrt() * v, z0)
+    torch.testing.assert_close(a.sqrt() * v + (1 - a).sqrt() * zt, eps)
+    assert target(ScheduleConfig(prediction_type="epsilon"), z0, eps, a) is eps

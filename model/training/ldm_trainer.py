@@ -53,7 +53,11 @@ SHAPES_TEXT = {
 }
 # DDPM's linear betas (Ho et al., 2020) end at alpha_bar_T ~ 4e-5: tiny 16x16 latents need that
 # much noise at t = T, where SD's scaled_linear schedule would leave 7% of the signal.
-SHAPES_SCHEDULE = ScheduleConfig(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+# v-prediction (Salimans & Ho, 2022): the eps loss weighs x0 errors by SNR(t) ~ 0 at high noise,
+# exactly where the layout (position, background) is decided; the v loss weighs them by SNR + 1.
+SHAPES_SCHEDULE = ScheduleConfig(
+    beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="v_prediction"
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,17 @@ def token_ids(tokenizer: CLIPTokenizer, texts: Sequence[str]) -> torch.Tensor:
             [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (WINDOW - 2 - len(ids))
         )
     return torch.tensor(rows)
+
+
+def target(
+    schedule: ScheduleConfig, z0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor
+) -> torch.Tensor:
+    """The regression target: eps (Ho et al., 2020) or v = sqrt(a) eps - sqrt(1 - a) z0."""
+    if schedule.prediction_type == "epsilon":
+        return eps
+    if schedule.prediction_type == "v_prediction":
+        return a.sqrt() * eps - (1 - a).sqrt() * z0  # (B, z, h, w)
+    raise ValueError(f"training does not support prediction_type={schedule.prediction_type!r}")
 
 
 def text_encoder_for(tokenizer: CLIPTokenizer) -> CLIPTextModel:
@@ -223,7 +238,7 @@ def train_ldm(
         a = a_bar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # DDPM forward process q(z_t | z_0)
         context = text_encoder(token_ids(tokenizer, batch_texts)).last_hidden_state  # (B, 77, D)
-        loss = F.mse_loss(unet(zt, t.float(), context), eps)
+        loss = F.mse_loss(unet(zt, t.float(), context), target(schedule, z0, eps, a))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
