@@ -54,7 +54,8 @@ def build_tiny_sd(
 ) -> Path:
     """Write a random SD pipeline in the diffusers folder layout and return its path.
 
-    `unet`, `vae` and `text` override the tiny configs (bench/model.py builds a mid-size model).
+    `unet`, `vae` and `text` override the tiny configs (bench/random_models.py builds a mid-size
+    model).
     """
     from diffusers import (
         AutoencoderKL,
