@@ -40,3 +40,8 @@ def idempotency(owner: str, key: str) -> str:
 def rate_limit(owner: str) -> str:
     """Token bucket of one API key."""
     return f"{PREFIX}ratelimit:{owner}"
+
+
+def active_jobs(owner: str) -> str:
+    """Sorted set of one owner's queued/running job ids (the concurrency quota, jobs/quota.py)."""
+    return f"{PREFIX}active:{owner}"

@@ -1,7 +1,7 @@
 """JobStore: job records, rq enqueue, progress, images, cancellation and tombstones in Redis.
 
 Lifecycle (all transitions are conditional on the current status, so API and worker never race):
-  API  create()            -> queued (record + rq job in one MULTI)
+  API  create()            -> queued (record + rq job in one MULTI; per-owner quota: jobs/quota.py)
   wkr  start()             queued|running -> running  (None: canceled/expired meanwhile, skip it)
   wkr  report_progress()   every step for all active jobs; returns the ids to stop
   wkr  finish()            -> succeeded (with images) | failed (with JobError) | canceled
@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 from rq.worker_registration import get_keys as worker_keys
 
 from jobs import keys
+from jobs.quota import ActiveJobs, ActiveLimitError
 from jobs.schema import JobError, JobRecord, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ ACTIVE = (JobStatus.queued, JobStatus.running)
 TOMBSTONE_TTL_S = 7 * 24 * 3600
 # rq keeps a failed job's hash this long (rq info / post-mortems).
 FAILURE_TTL_S = 7 * 24 * 3600
+# rq re-runs a job whose worker died this many times (then fails it as abandoned).
+RETRIES = 1
+# Slack for rq noticing a dead worker (maintenance every 600 s) before it requeues or fails a job.
+ABANDON_DETECTION_S = 3600
 
 # KEYS[1] job hash. ARGV[1] allowed statuses "a,b"; ARGV[2] field to HINCRBY or ""; ARGV[3..] pairs.
 _TRANSITION = """
@@ -100,6 +105,9 @@ class JobStore:
         self.job_timeout = job_timeout
         # A job still queued after queue_ttl seconds expires (rq drops it; reconcile() says so).
         self.queue_ttl = queue_ttl if queue_ttl is not None else result_ttl
+        # Concurrency quota; its set must outlive a job's longest stay in queued/running.
+        active_ttl = self.queue_ttl + (1 + RETRIES) * job_timeout + ABANDON_DETECTION_S
+        self.active = ActiveJobs(redis, ttl=active_ttl)
         self._transition = redis.register_script(_TRANSITION)
         self._finish = redis.register_script(_FINISH)
         self._progress = redis.register_script(_PROGRESS)
@@ -110,28 +118,40 @@ class JobStore:
 
     # --- API side -------------------------------------------------------------------------------
 
-    def create(self, record: JobRecord, *, max_queue: int | None = None) -> None:
-        """Save a queued record and enqueue its rq job in one MULTI/EXEC; QueueFullError if full."""
+    def create(
+        self, record: JobRecord, *, max_queue: int | None = None, max_active: int = 0
+    ) -> None:
+        """Save a queued record and enqueue its rq job in one MULTI/EXEC; QueueFullError if full,
+        ActiveLimitError if the owner has `max_active` jobs queued or running (0: no quota)."""
         queue = self.queue(record.request.model)
         if max_queue is not None and queue.count >= max_queue:
             raise QueueFullError(f"queue {queue.name} holds {max_queue} jobs")
+        if max_active > 0 and not self.active.reserve(record.owner, record.id, max_active):
+            raise ActiveLimitError(max_active)
         request = record.request
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
-            pipe.hset(keys.job(record.id), mapping=cast("Mapping[Any, Any]", record.to_hash()))
-            queue.enqueue_call(
-                keys.TXT2IMG_FUNCTION,
-                args=(record.id,),
-                job_id=record.id,
-                timeout=self.job_timeout,
-                ttl=self.queue_ttl,
-                result_ttl=self.result_ttl,
-                failure_ttl=FAILURE_TTL_S,
-                retry=Retry(max=1),
-                description=f"txt2img {request.width}x{request.height} steps={request.steps}",
-                pipeline=pipe,
-            )
-            pipe.execute()
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
+                pipe.hset(keys.job(record.id), mapping=cast("Mapping[Any, Any]", record.to_hash()))
+                queue.enqueue_call(
+                    keys.TXT2IMG_FUNCTION,
+                    args=(record.id,),
+                    job_id=record.id,
+                    timeout=self.job_timeout,
+                    ttl=self.queue_ttl,
+                    result_ttl=self.result_ttl,
+                    failure_ttl=FAILURE_TTL_S,
+                    retry=Retry(max=RETRIES),
+                    description=f"txt2img {request.width}x{request.height} steps={request.steps}",
+                    pipeline=pipe,
+                )
+                if max_active > 0:
+                    self.active.confirm(pipe, record.owner, record.id)
+                pipe.execute()
+        except Exception:
+            if max_active > 0:
+                self.active.release(record.owner, record.id)
+            raise
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None when unknown or expired."""

@@ -23,6 +23,7 @@ REJECT_REASONS = {
     "malformed-json": "validation",
     "queue-full": "queue_full",
     "rate-limited": "rate_limited",
+    "concurrency-limited": "concurrency_limited",
     "unauthorized": "unauthorized",
     "redis-unavailable": "redis_unavailable",
     "redis-full": "redis_unavailable",

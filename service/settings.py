@@ -37,6 +37,11 @@ class ApiSettings(BaseSettings):
     max_images: int = Field(default=4, ge=1, validation_alias=_env("LDM_MAX_IMAGES"))
     max_prompt_chars: int = Field(default=2000, ge=1, validation_alias=_env("LDM_MAX_PROMPT_CHARS"))
     rate_limit: int = Field(default=600, ge=0, validation_alias=_env("LDM_RATE_LIMIT"))  # 0 = off
+    # Jobs one API key may have queued or running at once (429 above; 0 = off). Not applied when
+    # LDM_API_KEYS is empty: all callers are then one anonymous owner, capped by LDM_MAX_QUEUE.
+    max_active_jobs_per_key: int = Field(
+        default=32, ge=0, validation_alias=_env("LDM_MAX_ACTIVE_JOBS_PER_KEY")
+    )
     max_body_bytes: int = Field(
         default=64 * 1024, ge=1024, validation_alias=_env("LDM_MAX_BODY_BYTES")
     )
@@ -48,6 +53,11 @@ class ApiSettings(BaseSettings):
     def keys(self) -> tuple[str, ...]:
         """Configured API keys (empty: authentication off)."""
         return tuple(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+    @property
+    def active_job_limit(self) -> int:
+        """Per-owner concurrency quota: LDM_MAX_ACTIVE_JOBS_PER_KEY with API keys on, else 0."""
+        return self.max_active_jobs_per_key if self.keys else 0
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response, status
 
 from jobs import keys
+from jobs.quota import ActiveLimitError
 from jobs.schema import JobRecord, JobStatus, Txt2ImgRequest, request_model
 from jobs.store import JobStore, QueueFullError
 from service.deps import Store
@@ -121,7 +122,18 @@ def build_router(settings: ApiSettings) -> APIRouter:
             progress_total=resolved.steps,
         )
         try:
-            store.create(record, max_queue=settings.max_queue)
+            store.create(record, max_queue=settings.max_queue, max_active=settings.active_job_limit)
+        except ActiveLimitError as exc:
+            if claim_key:
+                store.redis.delete(claim_key)
+            raise Problem(
+                429,
+                "concurrency-limited",
+                "Too many active jobs",
+                f"concurrency limit of {exc.limit} queued or running jobs per API key reached; "
+                "retry when one finishes or cancel one",
+                headers=retry_after,
+            ) from None
         except QueueFullError:
             if claim_key:
                 store.redis.delete(claim_key)

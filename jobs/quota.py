@@ -1,0 +1,94 @@
+"""Per-owner concurrency quota: at most `limit` jobs queued or running per owner, held in Redis.
+
+`ldm:active:<owner>` is a sorted set of the owner's job ids. Admission is one Lua script, so
+concurrent submissions on one key can never both take the last slot:
+  1. prune every member that no longer counts (see `_ADMIT`): its record is terminal or gone, or
+     rq has dropped or failed its job (what `JobStore.reconcile()` would report);
+  2. refuse when `limit` members remain, else reserve the new id (score: Redis time).
+The job record and its rq job are then written in one MULTI that also confirms the reservation
+(score 0). The record cannot be written by the script itself: rq's enqueue is Python, and a queued
+record without its rq job is what reconcile() reads as expired. A reservation whose record does not
+appear within RESERVATION_GRACE_S (the API died in between) stops counting. Slots free themselves
+when jobs end, are canceled or expire, with no worker involvement. The script reads the members'
+`ldm:job:` and `rq:job:` hashes by name: fine on one Redis (the ACL allows `~ldm:* ~rq:*`), not on
+Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError
+from rq.job import Job
+
+from jobs import keys
+
+logger = logging.getLogger(__name__)
+
+# How long a reservation counts before its job record exists (normally a few milliseconds).
+RESERVATION_GRACE_S = 30
+
+# KEYS[1] the owner's active set. ARGV: limit, job id, grace s, set ttl s, job key prefix, rq job
+# key prefix. Returns 1 = admitted (id reserved), 0 = `limit` jobs already count.
+_ADMIT = """
+local now = tonumber(redis.call('TIME')[1])
+local function counts(id, since)
+  local status = redis.call('HGET', ARGV[5] .. id, 'status')
+  if not status then return since > now - tonumber(ARGV[3]) end
+  if status ~= 'queued' and status ~= 'running' then return false end
+  local rq_status = redis.call('HGET', ARGV[6] .. id, 'status')
+  if not rq_status then return status == 'running' end
+  return rq_status ~= 'failed' and rq_status ~= 'canceled' and rq_status ~= 'stopped'
+end
+local active = 0
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  if counts(members[i], tonumber(members[i + 1])) then
+    active = active + 1
+  else
+    redis.call('ZREM', KEYS[1], members[i])
+  end
+end
+if active >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+class ActiveLimitError(Exception):
+    """The owner already has `limit` jobs queued or running."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} jobs already queued or running")
+        self.limit = limit
+
+
+class ActiveJobs:
+    """The per-owner set of queued/running job ids behind the concurrency quota."""
+
+    def __init__(self, redis: Redis, ttl: int) -> None:
+        self.redis = redis
+        # Refreshed on every admission; outlives the longest an admitted job can stay active.
+        self.ttl = ttl
+        self._admit = redis.register_script(_ADMIT)
+
+    def reserve(self, owner: str, job_id: str, limit: int) -> bool:
+        """Prune ended jobs, then reserve a slot for `job_id`; False when `limit` are active."""
+        args: list[str | int] = [limit, job_id, RESERVATION_GRACE_S, self.ttl]
+        args += [keys.job(""), Job.key_for("")]
+        return bool(self._admit(keys=[keys.active_jobs(owner)], args=args))
+
+    def confirm(self, pipe: Pipeline, owner: str, job_id: str) -> None:
+        """Queue the reservation's confirmation on the MULTI that writes the job record."""
+        pipe.zadd(keys.active_jobs(owner), {job_id: 0})
+        pipe.expire(keys.active_jobs(owner), self.ttl)
+
+    def release(self, owner: str, job_id: str) -> None:
+        """Best-effort: drop the reservation of a job that was never created."""
+        try:
+            self.redis.zrem(keys.active_jobs(owner), job_id)
+        except RedisError:  # Redis is likely down; the reservation lapses after the grace period
+            logger.warning("could not release the quota reservation of job %s", job_id)
