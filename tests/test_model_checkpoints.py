@@ -83,8 +83,14 @@ def test_single_file_from_convert_matches_diffusers_from_single_file(
     )
     reference.set_progress_bar_config(disable=True)
     theirs = reference(
-        "a cat", negative_prompt="a dog", generator=[torch.Generator().manual_seed(3)],
-        num_inference_steps=6, guidance_scale=7.5, height=32, width=32, output_type="np",
+        "a cat",
+        negative_prompt="a dog",
+        generator=[torch.Generator().manual_seed(3)],
+        num_inference_steps=6,
+        guidance_scale=7.5,
+        height=32,
+        width=32,
+        output_type="np",
     ).images[0]
     ours = load_pipeline(single).txt2img(["a cat"], ["a dog"], [3], 32, 32, 6, 7.5, "ddim")[0]
     diff = np.abs(np.asarray(ours).astype(np.int16) - (theirs * 255).round().astype(np.int16))
@@ -203,6 +209,9 @@ def test_model_index_declares_a_stable_diffusion_pipeline(tiny: Path, tmp_path: 
                    tokenizer=c.tokenizer, schedule=c.schedule)  # fmt: skip
     index = json.loads((tmp_path / "m" / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
-    assert load_file(str(tmp_path / "m/unet/diffusion_pytorch_model.safetensors"))[
-        "conv_in.weight"
-    ].dtype == torch.float16
+    assert (
+        load_file(str(tmp_path / "m/unet/diffusion_pytorch_model.safetensors"))[
+            "conv_in.weight"
+        ].dtype
+        == torch.float16
+    )

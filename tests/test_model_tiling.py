@@ -12,7 +12,9 @@ def local_decoder() -> nn.Module:
     """A purely local 'decoder' (2x upsampling, two 3x3 convs): tiling error stays at seams."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Upsample(scale_factor=2.0), nn.Conv2d(4, 8, 3, padding=1), nn.SiLU(),
+        nn.Upsample(scale_factor=2.0),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.SiLU(),
         nn.Conv2d(8, 3, 3, padding=1),
     ).eval()
 
