@@ -37,7 +37,8 @@ WINDOW = 77  # the inference TextConditioner always feeds BOS + 75 tokens + EOS 
 # the left") reaches a convolutional UNet only through zero padding; at 2x2 every pixel touches two
 # borders and the middle block's cross-attention sees the whole layout in 4 tokens (+2.5% FLOPs).
 # Capacity was not what held positions back: this UNet and the 3-level one both learn to draw a
-# blob where a prompt says from pure noise in ~50 steps; the eps -> v change below was.
+# blob where a prompt says from pure noise in ~50 steps; the eps -> v change below is the likely
+# cause (the eps model stayed at chance on positions over 7,000 steps).
 SHAPES_UNET = UNetConfig(
     model_channels=32,
     channel_mult=(1, 2, 2, 2),
