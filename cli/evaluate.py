@@ -41,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     shapes.add_argument("--model", type=Path, default=Path("models/default"))
     shapes.add_argument("--count", type=int, default=300, help="held-out prompts (max 300)")
     shapes.add_argument("--steps", type=int, default=25)
-    shapes.add_argument("--guidance-scale", type=float, default=5.0)
+    shapes.add_argument("--guidance-scale", type=float, default=3.0)
     shapes.add_argument("--batch-size", type=int, default=16)
     shapes.add_argument("--threads", type=int, default=2)
     shapes.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")

@@ -36,16 +36,17 @@ def report() -> dict:
 
 @pytest.mark.slow
 def test_default_model_reconstructs_and_draws_colours(report: dict) -> None:
-    """Regression floor at the shipped level (300 prompts: colour 95%, PSNR 33.8 dB)."""
+    """Regression floor well below the shipped level (300 prompts: colour 100%, PSNR 33.8 dB)."""
     assert report["reconstruction_psnr_db"] >= 30.0, report
-    assert report["adherence"]["one_colour"] >= 0.7, report
+    assert report["adherence"]["one_colour"] >= 0.9, report
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="shipped model is below issue 5's adherence thresholds (model card)", strict=True
+    reason="shipped model's shape accuracy is below issue 5's 90% (model card)", strict=True
 )
 def test_default_model_follows_prompts(report: dict) -> None:
+    """Issue 5's thresholds on a CI-sized subset; the 300-prompt figures are in the model card."""
     scores = report["adherence"]
     # 24 prompts (16 one-object, 8 two-object): each miss costs 6-12 points, so allow one.
     for key, threshold in THRESHOLDS.items():
