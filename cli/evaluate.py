@@ -19,13 +19,14 @@ def run_shapes(args: argparse.Namespace) -> int:
 
         print(json.dumps(measure_speed(args.model, steps=args.steps), indent=2))
         return 0
+    guidance = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
     report = evaluate_shapes(
         args.model,
         count=args.count,
         steps=args.steps,
-        guidance_scale=args.guidance_scale,
         batch_size=args.batch_size,
         grid_path=args.grid,
+        **guidance,
     )
     print(json.dumps(report, indent=2))
     if args.json is not None:
@@ -41,7 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     shapes.add_argument("--model", type=Path, default=Path("models/default"))
     shapes.add_argument("--count", type=int, default=300, help="held-out prompts (max 300)")
     shapes.add_argument("--steps", type=int, default=25)
-    shapes.add_argument("--guidance-scale", type=float, default=3.0)
+    shapes.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="default: evaluate.GUIDANCE_SCALE (3.0, chosen on validation prompts)",
+    )
     shapes.add_argument("--batch-size", type=int, default=16)
     shapes.add_argument("--threads", type=int, default=2)
     shapes.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
