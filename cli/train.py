@@ -78,7 +78,12 @@ def run_ldm(args: argparse.Namespace) -> int:
     from model.training.ldm_trainer import SHAPES_SCHEDULE, LDMTraining, train_ldm
 
     images, captions = _load_data(args)
-    training = LDMTraining(**_overrides(args, batch_size="batch_size", learning_rate="lr"))
+    training = LDMTraining(
+        **_overrides(
+            args, batch_size="batch_size", learning_rate="lr", sample_every="sample_every"
+        ),
+        device=args.device,
+    )
     schedule = dataclasses.replace(SHAPES_SCHEDULE, prediction_type=args.prediction_type)
     train_ldm(
         images,
@@ -120,5 +125,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         choices=("v_prediction", "epsilon"),
         default="v_prediction",
         help="what the UNet learns to predict (v: Salimans & Ho, 2022)",
+    )
+    stage2.add_argument(
+        "--device", default="cpu", help="where the UNet trains (cpu, cuda); data stays seeded"
+    )
+    stage2.add_argument(
+        "--sample-every", type=int, default=None, help="steps between sample grids (0: none)"
     )
     stage2.set_defaults(handler=run_ldm)

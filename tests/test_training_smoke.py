@@ -124,3 +124,63 @@ def test_v_target_inverts_to_the_clean_latent() -> None:
     torch.testing.assert_close(a.sqrt() * zt - (1 - a).sqrt() * v, z0)
     torch.testing.assert_close(a.sqrt() * v + (1 - a).sqrt() * zt, eps)
     assert target(ScheduleConfig(prediction_type="epsilon"), z0, eps, a) is eps
+
+
+def _train_tiny(autoencoder: Path, data: tuple, run: Path, steps: int, **extra: object) -> Path:
+    """Stage 2 on the tiny UNet for `steps` (resuming from `run` when a checkpoint is there)."""
+    images, samples = data
+    training = LDMTraining(
+        steps=steps,
+        batch_size=8,
+        learning_rate=2e-3,
+        warmup=2,
+        checkpoint_every=5,
+        sample_every=0,
+        threads=None,
+        **extra,  # type: ignore[arg-type]
+    )
+    return train_ldm(
+        images, samples, autoencoder, run, run / "model", unet_config=TINY_UNET, training=training
+    )
+
+
+def _unet_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_ldm_resume_reproduces_an_uninterrupted_run(
+    autoencoder: Path, data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from model.training import ldm_trainer
+
+    save = ldm_trainer.save_checkpoint
+
+    def save_and_keep_step_5(path: Path, step: int, **state: object) -> None:
+        save(path, step, **state)
+        if step == 5:  # what an interruption after step 5 would leave behind
+            shutil.copytree(
+                path.parent, tmp_path / "interrupted", ignore=shutil.ignore_patterns("model")
+            )
+
+    monkeypatch.setattr(ldm_trainer, "save_checkpoint", save_and_keep_step_5)
+    straight = _unet_weights(_train_tiny(autoencoder, data, tmp_path / "straight", 10))
+    monkeypatch.undo()
+    resumed = _unet_weights(_train_tiny(autoencoder, data, tmp_path / "interrupted", 10))
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+
+
+@pytest.mark.gpu
+def test_ldm_on_cuda_sees_the_same_data_as_on_cpu(
+    autoencoder: Path, data: tuple, tmp_path: Path
+) -> None:
+    _train_tiny(autoencoder, data, tmp_path / "cpu", 3)
+    _train_tiny(autoencoder, data, tmp_path / "cuda", 3, device="cuda")
+    cpu = json.loads((tmp_path / "cpu" / "losses.json").read_text())
+    cuda = json.loads((tmp_path / "cuda" / "losses.json").read_text())
+    assert np.allclose(cpu, cuda, rtol=1e-3), (cpu, cuda)  # same init, batches, noise and t

@@ -120,14 +120,20 @@ class EMA:
     def update(self, module: torch.nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        floats, targets = [], []
         for k, v in module.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                floats.append(self.shadow[k])
+                targets.append(v.detach())
             else:
                 self.shadow[k].copy_(v)
+        torch._foreach_lerp_(floats, targets, 1 - decay)  # shadow += (1 - decay) (v - shadow)
 
     def state_dict(self) -> dict[str, Any]:
         return {"shadow": self.shadow, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.shadow, self.updates = state["shadow"], state["updates"]
+        """Copy into the existing shadow, so it stays on the module's device."""
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+        self.updates = state["updates"]

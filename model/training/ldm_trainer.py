@@ -80,18 +80,24 @@ class LDMTraining:
     sample_every: int = 1000
     sample_prompts: int = 48
     threads: int | None = 2
+    device: str = "cpu"  # batches are drawn on the CPU either way, so a seed means the same data
 
 
-def token_ids(tokenizer: CLIPTokenizer, texts: Sequence[str]) -> torch.Tensor:
+def token_ids(
+    tokenizer: CLIPTokenizer, texts: Sequence[str], cache: dict[str, list[int]] | None = None
+) -> torch.Tensor:
     """(B, 77) ids laid out exactly as the inference TextConditioner's first window."""
+    cache = {} if cache is None else cache  # caption -> row; captions repeat across steps
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids[: WINDOW - 2]
-        rows.append(
-            [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (WINDOW - 2 - len(ids))
-        )
-    return torch.tensor(rows)
+    missing = sorted({text for text in texts if text not in cache})
+    if missing:
+        batch = tokenizer(missing, add_special_tokens=False, truncation=False).input_ids
+        for text, ids in zip(missing, batch, strict=True):
+            ids = ids[: WINDOW - 2]
+            cache[text] = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (
+                WINDOW - 2 - len(ids)
+            )
+    return torch.tensor([cache[text] for text in texts])
 
 
 def target(
@@ -118,13 +124,17 @@ def text_encoder_for(tokenizer: CLIPTokenizer) -> CLIPTextModel:
 
 
 @torch.no_grad()
-def encode_latents(vae: AutoencoderKL, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latents(
+    vae: AutoencoderKL, images: np.ndarray, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std (N, z, h, w) of every image, computed once for all of training."""
+    vae = vae.to(device)
     means, stds = [], []
     for i in range(0, len(images), 128):
-        posterior = vae.encode(to_tensor(images[i : i + 128]))
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        posterior = vae.encode(to_tensor(images[i : i + 128]).to(device))
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
+    vae.to("cpu")
     return torch.cat(means), torch.cat(stds)
 
 
@@ -170,13 +180,17 @@ def train_ldm(
         mean, std = torch.load(latents_file)
     else:
         print(f"[ldm] pre-encoding {len(images)} images once", flush=True)
-        mean, std = encode_latents(vae, images)
+        mean, std = encode_latents(vae, images, training.device)
         torch.save((mean, std), latents_file)
     texts = Captions(captions, training.seed)
     tokenizer = build_tokenizer(texts.words(), run_dir / "tokenizer_files")
-    unet, text_encoder = UNet(unet_config), text_encoder_for(tokenizer)
+    device = torch.device(training.device)
+    unet, text_encoder = UNet(unet_config).to(device), text_encoder_for(tokenizer)
+    text_encoder.to(device)  # type: ignore[arg-type]  # in place; transformers mistypes .to()
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        params, lr=training.learning_rate, weight_decay=0.0, fused=device.type == "cuda"
+    )
     ema_unet, ema_text = EMA(unet, training.ema_decay), EMA(text_encoder, training.ema_decay)
     a_bar = alphas_cumprod(schedule)  # (T,)
     generator = torch.Generator().manual_seed(training.seed)
@@ -198,7 +212,7 @@ def train_ldm(
     n_text = sum(p.numel() for p in text_encoder.parameters())
     print(
         f"[ldm] unet {n_unet / 1e6:.2f}M, text encoder {n_text / 1e6:.2f}M params, latents "
-        f"{tuple(mean.shape[1:])}, scale {scale:.4f}",
+        f"{tuple(mean.shape[1:])}, scale {scale:.4f}, device {device}",
         flush=True,
     )
     (run_dir / "config.json").write_text(
@@ -226,6 +240,7 @@ def train_ldm(
         return path
 
     progress = Progress(training.steps, start, every=50, name="ldm")
+    token_cache: dict[str, list[int]] = {}
     unet.train()
     text_encoder.train()
     for step in range(start + 1, training.steps + 1):
@@ -241,8 +256,10 @@ def train_ldm(
         t = torch.randint(len(a_bar), (training.batch_size,), generator=generator)
         eps = torch.randn(z0.shape, generator=generator)
         a = a_bar[t].view(-1, 1, 1, 1)
+        z0, eps, a, t = (x.to(device, non_blocking=True) for x in (z0, eps, a, t))
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # DDPM forward process q(z_t | z_0)
-        context = text_encoder(token_ids(tokenizer, batch_texts)).last_hidden_state  # (B, 77, D)
+        ids = token_ids(tokenizer, batch_texts, token_cache).to(device)  # (B, 77)
+        context = text_encoder(ids).last_hidden_state  # (B, 77, D)
         loss = F.mse_loss(unet(zt, t.float(), context), target(schedule, z0, eps, a))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
