@@ -8,6 +8,11 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+# The shipped model's own request defaults (models/default/README.md): trained at 64x64, tuned at
+# guidance 3 (model/training/evaluate.py GUIDANCE_SCALE, chosen on validation prompts; 7.5 draws
+# rounder shapes). Repeated, not imported: model/ loads torch, which `ldm-serve api` never does.
+DEFAULT_MODEL_SIZE = 64
+DEFAULT_MODEL_GUIDANCE = 3.0
 SAMPLERS = ("ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m")
 
 
@@ -92,7 +97,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument(
+        "--guidance", type=float, default=None, help="default: 3 for the shipped model, else 7.5"
+    )
     gen.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     gen.add_argument("--karras", action="store_true", help="Karras et al. (2022) sigmas")
     gen.add_argument("--eta", type=float, default=0.0)
@@ -103,7 +110,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     gen.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     gen.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
-    gen.set_defaults(handler=_with_default_size)
+    gen.set_defaults(handler=_with_model_defaults)
 
     conv = commands.add_parser("convert", help="convert between diffusers folders and single files")
     conv.add_argument("source", help="diffusers folder or .safetensors/.ckpt file")
@@ -113,9 +120,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     conv.set_defaults(handler=run_convert)
 
 
-def _with_default_size(args: argparse.Namespace) -> int:
-    """Default size: 64 for the shipped shapes model, 512 otherwise."""
-    size = 64 if Path(args.model).resolve() == DEFAULT_MODEL.resolve() else 512
+def _with_model_defaults(args: argparse.Namespace) -> int:
+    """Default size and guidance: the shipped model's own (64, 3), else the service's (512, 7.5)."""
+    shipped = Path(args.model).resolve() == DEFAULT_MODEL.resolve()
+    size = DEFAULT_MODEL_SIZE if shipped else 512
     args.width = args.width or size
     args.height = args.height or size
+    if args.guidance is None:
+        args.guidance = DEFAULT_MODEL_GUIDANCE if shipped else 7.5
     return run_generate(args)

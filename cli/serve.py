@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Mapping
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -92,15 +93,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level="INFO", format="%(asctime)s up %(message)s")
     log = logging.getLogger("ldm-serve.up")
-    env = dict(os.environ)
-    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
-    env.setdefault("LDM_DEVICE", "cpu")
-    from cli.generate import DEFAULT_MODEL  # the shipped model, wherever the command runs from
-
-    env.setdefault("LDM_MODEL", str(DEFAULT_MODEL))
-    if Path(env["LDM_MODEL"]).resolve() == DEFAULT_MODEL.resolve():
-        env.setdefault("LDM_DEFAULT_SIZE", "64")  # the default model was trained at 64x64
-    env.setdefault("LDM_SHUTDOWN_GRACE", "10")
+    env = up_env(os.environ)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     if not _redis_reachable(env["REDIS_URL"]):
         redis = _start_redis(env["REDIS_URL"], args.data_dir / "redis")
@@ -137,6 +130,25 @@ def run_up(args: argparse.Namespace) -> int:
             proc.wait()
     log.info("stopped")
     return code
+
+
+def up_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment of `up`'s API and worker: `environ` plus local defaults (its values win).
+
+    Serving the shipped model, requests that omit width/height/guidance_scale get the model's own
+    values (cli.generate.DEFAULT_MODEL_SIZE/_GUIDANCE) instead of the service-wide 512 and 7.5.
+    """
+    from cli.generate import DEFAULT_MODEL, DEFAULT_MODEL_GUIDANCE, DEFAULT_MODEL_SIZE
+
+    env = dict(environ)
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    env.setdefault("LDM_DEVICE", "cpu")
+    env.setdefault("LDM_MODEL", str(DEFAULT_MODEL))  # the shipped model, wherever `up` runs from
+    if Path(env["LDM_MODEL"]).resolve() == DEFAULT_MODEL.resolve():
+        env.setdefault("LDM_DEFAULT_SIZE", str(DEFAULT_MODEL_SIZE))
+        env.setdefault("LDM_DEFAULT_GUIDANCE", f"{DEFAULT_MODEL_GUIDANCE:g}")
+    env.setdefault("LDM_SHUTDOWN_GRACE", "10")
+    return env
 
 
 def _redis_reachable(url: str) -> bool:

@@ -66,6 +66,7 @@ class Limits:
     max_images: int = 4
     max_guidance_scale: float = 30.0
     default_size: int = 512
+    default_guidance: float = 7.5
 
 
 DEFAULT_LIMITS = Limits()
@@ -90,7 +91,9 @@ def _bounded_fields(limits: Limits) -> dict[str, Any]:
         "width": _size_field(limits),
         "height": _size_field(limits),
         "steps": Field(min(25, limits.max_steps), ge=1, le=limits.max_steps),
-        "guidance_scale": Field(7.5, ge=0.0, le=limits.max_guidance_scale),
+        "guidance_scale": Field(
+            limits.default_guidance, ge=0.0, le=limits.max_guidance_scale, validate_default=True
+        ),
         "num_images": Field(1, ge=1, le=limits.max_images),
     }
 

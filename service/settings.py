@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from jobs.schema import Limits
+from jobs.schema import DEFAULT_LIMITS, Limits
 
 
 def _env(name: str) -> AliasChoices:
@@ -33,6 +33,13 @@ class ApiSettings(BaseSettings):
     max_size: int = Field(default=2048, ge=64, validation_alias=_env("LDM_MAX_SIZE"))
     min_size: int = Field(default=64, ge=8, validation_alias=_env("LDM_MIN_SIZE"))
     default_size: int = Field(default=512, ge=8, validation_alias=_env("LDM_DEFAULT_SIZE"))
+    # guidance_scale of requests that omit it; `ldm-serve up` sets the shipped model's own (3).
+    default_guidance: float = Field(
+        default=7.5,
+        ge=0.0,
+        le=DEFAULT_LIMITS.max_guidance_scale,
+        validation_alias=_env("LDM_DEFAULT_GUIDANCE"),
+    )
     max_steps: int = Field(default=150, ge=1, validation_alias=_env("LDM_MAX_STEPS"))
     max_images: int = Field(default=4, ge=1, validation_alias=_env("LDM_MAX_IMAGES"))
     max_prompt_chars: int = Field(default=2000, ge=1, validation_alias=_env("LDM_MAX_PROMPT_CHARS"))
@@ -75,4 +82,5 @@ class ApiSettings(BaseSettings):
             max_steps=self.max_steps,
             max_images=self.max_images,
             default_size=self.default_size,
+            default_guidance=self.default_guidance,
         )
