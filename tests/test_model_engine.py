@@ -148,3 +148,17 @@ def test_vq_decoder_snaps_latents_to_the_codebook() -> None:
 def test_v_prediction_model_loads_its_schedule(tmp_path: Path) -> None:
     path = build_tiny_sd(tmp_path / "sd", "v_prediction")
     assert load_pipeline(path).components.schedule.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("count", [1, 3, 5])
+def test_decoding_in_slices_gives_the_same_images(pipe: Pipeline, count: int) -> None:
+    latents = torch.randn(count, 4, 8, 8, generator=torch.Generator().manual_seed(count))
+    pipe.decode_batch = 64
+    whole = pipe.decode_latents(latents)
+    pipe.decode_batch = 2  # the default: slices of 2 and, for odd counts, a lone tail
+    try:
+        sliced = pipe.decode_latents(latents)
+    finally:
+        pipe.decode_batch = 2
+    assert sliced.shape == whole.shape and len(whole) == count
+    assert np.array_equal(sliced, whole)
