@@ -111,6 +111,11 @@ def target(
     raise ValueError(f"training does not support prediction_type={schedule.prediction_type!r}")
 
 
+def _fastest_adam(device: torch.device) -> dict[str, bool]:
+    """Fused AdamW on CUDA, multi-tensor on the CPU (the per-tensor default costs ~6% of a step)."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
 def text_encoder_for(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     """A small CLIPTextModel over the tokenizer's vocabulary."""
     config = CLIPTextConfig(
@@ -189,7 +194,7 @@ def train_ldm(
     text_encoder.to(device)  # type: ignore[arg-type]  # in place; transformers mistypes .to()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(
-        params, lr=training.learning_rate, weight_decay=0.0, fused=device.type == "cuda"
+        params, lr=training.learning_rate, weight_decay=0.0, **_fastest_adam(device)
     )
     ema_unet, ema_text = EMA(unet, training.ema_decay), EMA(text_encoder, training.ema_decay)
     a_bar = alphas_cumprod(schedule)  # (T,)
