@@ -334,3 +334,14 @@ def test_docs_compose_commands_match_the_compose_file(compose: dict[str, Any], d
     }
     for port in re.findall(r"(?:localhost|127\.0\.0\.1):(\d+)", text):
         assert int(port) in published, f"{doc} mentions port {port}, which nothing publishes"
+
+
+def test_api_request_defaults_suit_the_shipped_model(compose: dict[str, Any]) -> None:
+    """The compose CPU worker serves models/default: the API defaults to its size and guidance."""
+    from cli.generate import DEFAULT_MODEL_GUIDANCE, DEFAULT_MODEL_SIZE
+
+    api = compose["services"]["api"]["environment"]
+    worker = compose["services"]["worker"]["environment"]
+    assert worker["LDM_MODEL"].endswith("models/default")
+    assert int(api["LDM_DEFAULT_SIZE"]) == DEFAULT_MODEL_SIZE
+    assert float(api["LDM_DEFAULT_GUIDANCE"]) == DEFAULT_MODEL_GUIDANCE
