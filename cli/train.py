@@ -75,7 +75,7 @@ def run_ldm(args: argparse.Namespace) -> int:
     """Stage 2 handler."""
     import dataclasses
 
-    from model.training.ldm_trainer import SHAPES_SCHEDULE, LDMTraining, train_ldm
+    from model.training.ldm_trainer import SHAPES_SCHEDULE, SHAPES_UNET, LDMTraining, train_ldm
 
     images, captions = _load_data(args)
     training = LDMTraining(
@@ -85,15 +85,21 @@ def run_ldm(args: argparse.Namespace) -> int:
         device=args.device,
     )
     schedule = dataclasses.replace(SHAPES_SCHEDULE, prediction_type=args.prediction_type)
+    unet = SHAPES_UNET
+    if args.attention_levels is not None:
+        levels = tuple(flag == "1" for flag in args.attention_levels)
+        unet = dataclasses.replace(SHAPES_UNET, attention_levels=levels)
     train_ldm(
         images,
         captions,
         args.autoencoder,
         args.run_dir,
         args.output,
+        unet_config=unet,
         schedule=schedule,
         training=training,
         resume=not args.no_resume,
+        init=args.init,
     )
     return 0
 
@@ -128,6 +134,18 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     stage2.add_argument(
         "--device", default="cpu", help="where the UNet trains (cpu, cuda); data stays seeded"
+    )
+    stage2.add_argument(
+        "--attention-levels",
+        default=None,
+        help="one 0/1 per UNet level, 16x16 first (default 0111: no attention at 16x16)",
+    )
+    stage2.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this stage-2 checkpoint.pt (its EMA weights); blocks it lacks start as "
+        "the identity",
     )
     stage2.add_argument(
         "--sample-every", type=int, default=None, help="steps between sample grids (0: none)"

@@ -184,3 +184,46 @@ def test_ldm_on_cuda_sees_the_same_data_as_on_cpu(
     cpu = json.loads((tmp_path / "cpu" / "losses.json").read_text())
     cuda = json.loads((tmp_path / "cuda" / "losses.json").read_text())
     assert np.allclose(cpu, cuda, rtol=1e-3), (cpu, cuda)  # same init, batches, noise and t
+
+
+def test_warm_start_adds_attention_as_the_identity(
+    autoencoder: Path, data: tuple, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from model.training.warm_start import warm_start
+    from model.unet import UNet
+
+    _train_tiny(autoencoder, data, tmp_path / "base", 5)
+    checkpoint = tmp_path / "base" / "checkpoint.pt"
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    base = UNet(TINY_UNET)
+    base.load_state_dict(payload["ema_unet"]["shadow"])
+    wider = UNet(dataclasses.replace(TINY_UNET, attention_levels=(True, True)))
+    text = torch.nn.Module()
+    text.load_state_dict = lambda state: None  # type: ignore[method-assign,assignment,misc]
+    new = warm_start(wider, text, checkpoint)
+    assert new and all(name.startswith(("input_blocks.1.", "output_blocks.")) for name in new)
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 700.0]), torch.randn(2, 77, 64)
+    with torch.no_grad():
+        assert torch.allclose(wider(x, t, context), base(x, t, context), atol=1e-5)
+    narrower = UNet(dataclasses.replace(TINY_UNET, attention_levels=(False, False)))
+    with pytest.raises(ValueError, match="has weights this UNet lacks"):
+        warm_start(narrower, text, checkpoint)
+
+
+def test_ldm_warm_start_trains_the_wider_unet(
+    autoencoder: Path, data: tuple, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    images, samples = data
+    _train_tiny(autoencoder, data, tmp_path / "base", 5)
+    training = LDMTraining(steps=4, batch_size=8, sample_every=0, threads=None, warmup=1)
+    wider = dataclasses.replace(TINY_UNET, attention_levels=(True, True))
+    out = train_ldm(
+        images, samples, autoencoder, tmp_path / "wide", tmp_path / "wide" / "model",
+        unet_config=wider, training=training, init=tmp_path / "base" / "checkpoint.pt",
+    )  # fmt: skip
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["down_block_types"][0] == "CrossAttnDownBlock2D"

@@ -127,3 +127,13 @@ def measure_speed(
         "batch16_images_per_s": 16 / batch,
         "threads": float(torch.get_num_threads()),
     }
+
+
+def quick_check(folder: Path, run_dir: Path, step: int, count: int) -> None:
+    """Mid-training adherence on a few held-out prompts, plus a sample grid."""
+    report = evaluate_shapes(
+        folder, count=count, grid_path=run_dir / f"samples_{step:06d}.png", psnr_images=0
+    )
+    scores = report["adherence"]
+    metrics = " ".join(f"{k}={v:.2f}" for k, v in scores.items() if k.startswith(("one", "two")))
+    print(f"[ldm] step {step} quick eval ({count} prompts): {metrics}", flush=True)

@@ -27,8 +27,10 @@ from model.training.common import (
     seed_everything,
     to_tensor,
 )
+from model.training.evaluate import quick_check
 from model.training.shapes import Sample, caption, vocabulary_corpus
 from model.training.tokenizer_builder import build_tokenizer
+from model.training.warm_start import warm_start
 from model.unet import UNet, UNetConfig
 
 WINDOW = 77  # the inference TextConditioner always feeds BOS + 75 tokens + EOS windows
@@ -174,8 +176,11 @@ def train_ldm(
     schedule: ScheduleConfig = SHAPES_SCHEDULE,
     training: LDMTraining = LDMTraining(),
     resume: bool = True,
+    init: Path | None = None,
 ) -> Path:
-    """Train stage 2 on pre-encoded latents; writes the diffusers folder `output`."""
+    """Train stage 2 on pre-encoded latents; writes the diffusers folder `output`.
+
+    `init`: a stage-2 checkpoint to start from when not resuming (see warm_start)."""
     seed_everything(training.seed, training.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     vae = load_autoencoder(autoencoder)
@@ -213,6 +218,12 @@ def train_ldm(
         texts.rng.setstate(payload["caption_rng"])
         start = payload["step"]
         print(f"[ldm] resumed from {checkpoint} at step {start}", flush=True)
+    elif init is not None:
+        new_blocks = warm_start(unet, text_encoder, init)
+        ema_unet, ema_text = EMA(unet, training.ema_decay), EMA(text_encoder, training.ema_decay)
+        print(
+            f"[ldm] started from {init}; new blocks (identity at first): {new_blocks}", flush=True
+        )
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text_encoder.parameters())
     print(
@@ -290,15 +301,3 @@ def train_ldm(
     print(f"[ldm] trained in {progress.elapsed / 60:.1f} min", flush=True)
     (run_dir / "losses.json").write_text(json.dumps(progress.history))
     return export(output)
-
-
-def quick_check(folder: Path, run_dir: Path, step: int, count: int) -> None:
-    """Mid-training adherence on a few held-out prompts, plus a sample grid."""
-    from model.training.evaluate import evaluate_shapes
-
-    report = evaluate_shapes(
-        folder, count=count, grid_path=run_dir / f"samples_{step:06d}.png", psnr_images=0
-    )
-    scores = report["adherence"]
-    metrics = " ".join(f"{k}={v:.2f}" for k, v in scores.items() if k.startswith(("one", "two")))
-    print(f"[ldm] step {step} quick eval ({count} prompts): {metrics}", flush=True)
