@@ -104,6 +104,41 @@ def run_ldm(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_align(args: argparse.Namespace) -> int:
+    """Stage 3 handler: the decoder learns the UNet's latents; writes a new model folder."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from model.checkpoint.diffusers_folder import save_diffusers
+    from model.pipeline import load_pipeline
+    from model.training.autoencoder_trainer import load_autoencoder
+    from model.training.decoder_alignment import AlignTraining, align_decoder
+    from model.training.shapes import make_samples, render
+
+    torch.set_num_threads(args.threads)
+    components = load_pipeline(args.model).components
+    autoencoder = load_autoencoder(args.autoencoder)
+    samples = make_samples(args.num_images, args.data_seed)
+    images = np.stack([render(s.scene) for s in samples])
+    training = AlignTraining(steps=args.steps, seed=args.seed)
+    align_decoder(components, autoencoder, [s.caption for s in samples], images, training)
+    save_diffusers(
+        args.output,
+        unet=components.unet,
+        vae=autoencoder,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        schedule=components.schedule,
+    )
+    for name in ("vocab.json", "merges.txt"):  # the BPE files the tokenizer was built from
+        if (args.model / "tokenizer" / name).exists():
+            shutil.copy(args.model / "tokenizer" / name, args.output / "tokenizer" / name)
+    print(f"[align] wrote {args.output}", flush=True)
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `train autoencoder` and `train ldm`."""
     train = commands.add_parser(
@@ -151,3 +186,17 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--sample-every", type=int, default=None, help="steps between sample grids (0: none)"
     )
     stage2.set_defaults(handler=run_ldm)
+    stage3 = stages.add_parser(
+        "align-decoder", help="stage 3: fine-tune the decoder on the UNet's own latents (SDEdit)"
+    )
+    stage3.add_argument("--model", type=Path, required=True, help="the stage-2 model folder")
+    stage3.add_argument(
+        "--autoencoder", type=Path, required=True, help="stage-1 autoencoder.pt (fp32)"
+    )
+    stage3.add_argument("--output", type=Path, required=True)
+    stage3.add_argument("--num-images", type=int, default=3000, help="shapes scenes for pairs")
+    stage3.add_argument("--data-seed", type=int, default=7)
+    stage3.add_argument("--steps", type=int, default=1500)
+    stage3.add_argument("--seed", type=int, default=0)
+    stage3.add_argument("--threads", type=int, default=2)
+    stage3.set_defaults(handler=run_align)

@@ -227,3 +227,29 @@ def test_ldm_warm_start_trains_the_wider_unet(
     )  # fmt: skip
     config = json.loads((out / "unet" / "config.json").read_text())
     assert config["down_block_types"][0] == "CrossAttnDownBlock2D"
+
+
+def test_align_decoder_changes_only_the_decoder(
+    autoencoder: Path, data: tuple, tmp_path: Path
+) -> None:
+    from cli.main import main
+    from model.pipeline import load_pipeline
+    from model.training.decoder_alignment import AlignTraining, align_decoder
+
+    images, samples = data
+    base = _train_tiny(autoencoder, data, tmp_path / "base", 5)
+    ae = load_autoencoder(autoencoder)
+    before = {k: v.clone() for k, v in ae.state_dict().items()}
+    training = AlignTraining(steps=6, batch_size=4, first_step=(20, 23))
+    captions = [s.caption for s in samples[:48]]
+    report = align_decoder(load_pipeline(base).components, ae, captions, images[:48], training)
+    assert all(np.isfinite(v) for v in report.values()) and len(report) == 3
+    after = ae.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder", "post_quant")) for k in changed)
+
+    out = tmp_path / "aligned"
+    argv = ["train", "align-decoder", "--model", str(base), "--autoencoder", str(autoencoder)]
+    assert main([*argv, "--output", str(out), "--num-images", "40", "--steps", "2"]) == 0
+    pipe = load_pipeline(out)
+    assert len(pipe.txt2img(["a red circle"], seeds=[0], width=64, height=64, steps=2)) == 1
