@@ -96,58 +96,11 @@ def build_random_sd(
     seed: int = 0,
 ) -> Path:
     """Write a random SD pipeline (DDIM, SD 1.5 schedule) as a diffusers folder in `dtype`."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from tests.tiny_models import build_tiny_sd
 
-    from tests.tiny_models import write_tiny_clip_tokenizer
-
-    tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
-    tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"),
-        str(tokenizer_dir / "merges.txt"),
-        pad_token="<|endoftext|>",
-        model_max_length=77,
+    return build_tiny_sd(
+        path, seed=seed, unet=spec.unet, vae=spec.vae, text=spec.text, device=device, dtype=dtype
     )
-    text_config = CLIPTextConfig(
-        **{"vocab_size": len(tokenizer) + 2, **spec.text},
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    with torch.device(device):
-        unet = UNet2DConditionModel(**spec.unet).to(dtype)
-        vae = AutoencoderKL(**spec.vae).to(dtype)
-        text_encoder = CLIPTextModel(text_config).to(dtype)
-    scheduler = DDIMScheduler(  # SD 1.5's scheduler_config.json, read as DDIM
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    return path
 
 
 def sync(device: torch.device) -> None:

@@ -51,11 +51,14 @@ def build_tiny_sd(
     unet: dict | None = None,
     vae: dict | None = None,
     text: dict | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a random SD pipeline in the diffusers folder layout and return its path.
 
     `unet`, `vae` and `text` override the tiny configs (bench/random_models.py builds a mid-size
-    model).
+    model, bench/gpu_models.py an SD 1.5-size one: built on `device`, where random init is fast,
+    and saved in `dtype`).
     """
     from diffusers import (
         AutoencoderKL,
@@ -66,43 +69,47 @@ def build_tiny_sd(
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet_model = UNet2DConditionModel(**(unet or tiny_unet_config(linear=linear)))
-    vae_model = AutoencoderKL(
-        **(
-            vae
-            or dict(
-                block_out_channels=(16, 32),
-                in_channels=3,
-                out_channels=3,
-                latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2,
-                norm_num_groups=8,
-                layers_per_block=1,
+    with torch.device(device):  # random init where it is fast (an SD-size UNet on a GPU)
+        unet_model = UNet2DConditionModel(**(unet or tiny_unet_config(linear=linear)))
+        vae_model = AutoencoderKL(
+            **(
+                vae
+                or dict(
+                    block_out_channels=(16, 32),
+                    in_channels=3,
+                    out_channels=3,
+                    latent_channels=4,
+                    down_block_types=("DownEncoderBlock2D",) * 2,
+                    up_block_types=("UpDecoderBlock2D",) * 2,
+                    norm_num_groups=8,
+                    layers_per_block=1,
+                )
             )
         )
+        tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
+        tokenizer = CLIPTokenizer(
+            str(tokenizer_dir / "vocab.json"),
+            str(tokenizer_dir / "merges.txt"),
+            pad_token="<|endoftext|>",
+            model_max_length=77,
+        )
+        tiny_text = dict(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3
+        )
+        text_config = CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **{
+                "vocab_size": len(tokenizer) + 2,
+                "max_position_embeddings": 77,
+                **(text or tiny_text),
+            },
+        )
+        text_encoder = CLIPTextModel(text_config)
+    unet_model, vae_model, text_encoder = (
+        m.to(dtype) for m in (unet_model, vae_model, text_encoder)
     )
-    tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
-    tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"),
-        str(tokenizer_dir / "merges.txt"),
-        pad_token="<|endoftext|>",
-        model_max_length=77,
-    )
-    text_config = CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        vocab_size=len(tokenizer) + 2,
-        max_position_embeddings=77,
-        **(
-            text
-            or dict(
-                hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3
-            )
-        ),  # fmt: skip
-    )
-    text_encoder = CLIPTextModel(text_config)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
