@@ -85,21 +85,16 @@ class LDMTraining:
     device: str = "cpu"  # batches are drawn on the CPU either way, so a seed means the same data
 
 
-def token_ids(
-    tokenizer: CLIPTokenizer, texts: Sequence[str], cache: dict[str, list[int]] | None = None
-) -> torch.Tensor:
+def token_ids(tokenizer: CLIPTokenizer, texts: Sequence[str]) -> torch.Tensor:
     """(B, 77) ids laid out exactly as the inference TextConditioner's first window."""
-    cache = {} if cache is None else cache  # caption -> row; captions repeat across steps
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    missing = sorted({text for text in texts if text not in cache})
-    if missing:
-        batch = tokenizer(missing, add_special_tokens=False, truncation=False).input_ids
-        for text, ids in zip(missing, batch, strict=True):
-            ids = ids[: WINDOW - 2]
-            cache[text] = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (
-                WINDOW - 2 - len(ids)
-            )
-    return torch.tensor([cache[text] for text in texts])
+    rows = []
+    for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False).input_ids:
+        ids = ids[: WINDOW - 2]
+        rows.append(
+            [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (WINDOW - 2 - len(ids))
+        )
+    return torch.tensor(rows)
 
 
 def target(
@@ -256,7 +251,6 @@ def train_ldm(
         return path
 
     progress = Progress(training.steps, start, every=50, name="ldm")
-    token_cache: dict[str, list[int]] = {}
     unet.train()
     text_encoder.train()
     for step in range(start + 1, training.steps + 1):
@@ -274,7 +268,7 @@ def train_ldm(
         a = a_bar[t].view(-1, 1, 1, 1)
         z0, eps, a, t = (x.to(device, non_blocking=True) for x in (z0, eps, a, t))
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # DDPM forward process q(z_t | z_0)
-        ids = token_ids(tokenizer, batch_texts, token_cache).to(device)  # (B, 77)
+        ids = token_ids(tokenizer, batch_texts).to(device)  # (B, 77)
         context = text_encoder(ids).last_hidden_state  # (B, 77, D)
         loss = F.mse_loss(unet(zt, t.float(), context), target(schedule, z0, eps, a))
         optimizer.zero_grad(set_to_none=True)
