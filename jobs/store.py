@@ -88,6 +88,10 @@ return stop
 class QueueFullError(Exception):
     """The model's queue already holds `max_queue` jobs."""
 
+    def __init__(self, model: str, max_queue: int) -> None:
+        super().__init__(f"the queue of model {model!r} holds {max_queue} jobs")
+        self.model = model
+
 
 class JobStore:
     """Typed access to everything a job keeps in Redis; one instance per process."""
@@ -125,7 +129,7 @@ class JobStore:
         ActiveLimitError if the owner has `max_active` jobs queued or running (0: no quota)."""
         queue = self.queue(record.request.model)
         if max_queue is not None and queue.count >= max_queue:
-            raise QueueFullError(f"queue {queue.name} holds {max_queue} jobs")
+            raise QueueFullError(record.request.model, max_queue)
         if max_active > 0 and not self.active.reserve(record.owner, record.id, max_active):
             raise ActiveLimitError(max_active)
         request = record.request

@@ -53,12 +53,17 @@ def _unauthorized(detail: str, error: str) -> Problem:
     )
 
 
+def get_keyring(request: Request) -> KeyRing:
+    """The app's API keys (app.state.keyring)."""
+    return request.app.state.keyring
+
+
 def require_owner(
     request: Request,
+    ring: Annotated[KeyRing, Depends(get_keyring)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
     """Owner id of the caller; 401 problem when keys are configured and none/a wrong one is sent."""
-    ring: KeyRing = request.app.state.keyring
     if not ring.enabled:
         return ANONYMOUS
     if credentials is None:

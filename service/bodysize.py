@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PROBLEM_MEDIA_TYPE, TYPE_PREFIX
+from service.errors import PROBLEM_MEDIA_TYPE, body_too_large
 
 # Methods whose bodies we read; GET/DELETE bodies are ignored by every route.
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -51,14 +51,7 @@ class BodySizeLimit:
 
     async def _reject(self, scope: Scope, send: Send) -> None:
         scope.setdefault("state", {})["reject_reason"] = "body-too-large"
-        body = json.dumps(
-            {
-                "type": TYPE_PREFIX + "body-too-large",
-                "title": "Request body too large",
-                "status": 413,
-                "detail": f"request body exceeds {self.max_bytes} bytes",
-            }
-        ).encode()
+        body = json.dumps(body_too_large(self.max_bytes).body()).encode()
         headers = [
             (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),

@@ -1,4 +1,5 @@
-"""Annotated dependency aliases shared by the routers."""
+"""Annotated dependency aliases for what the app keeps on `app.state` (set in main.py); the
+key ring and the rate limiter have theirs beside their classes (auth.py, ratelimit.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from jobs.idempotency import IdempotencyClaims
 from jobs.store import JobStore
+from service.metrics import ApiMetrics
 from service.settings import ApiSettings
 
 
@@ -20,5 +23,17 @@ def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
+def get_claims(request: Request) -> IdempotencyClaims:
+    """The app's Idempotency-Key claims."""
+    return request.app.state.claims
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    """The app's Prometheus metrics."""
+    return request.app.state.metrics
+
+
 Store = Annotated[JobStore, Depends(get_store)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]
+Claims = Annotated[IdempotencyClaims, Depends(get_claims)]
+Metrics = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -14,6 +14,10 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.idempotency import IdempotencyConflict, IdempotencyExpired, IdempotencyInFlight
+from jobs.quota import ActiveLimitError
+from jobs.store import QueueFullError
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -57,21 +61,28 @@ class Problem(Exception):
         self.headers = dict(headers or {})
         self.errors = list(errors or [])
 
+    def body(self, instance: str = "") -> dict[str, Any]:
+        """The RFC 9457 JSON object (the one rendering of every problem: responses, SSE)."""
+        body: dict[str, Any] = {
+            "type": TYPE_PREFIX + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
 
 def problem_response(problem: Problem, instance: str = "") -> JSONResponse:
-    """Render a Problem as application/problem+json."""
-    body: dict[str, Any] = {
-        "type": TYPE_PREFIX + problem.slug,
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-    }
-    if instance:
-        body["instance"] = instance
-    if problem.errors:
-        body["errors"] = problem.errors
+    """Render a Problem as an application/problem+json response."""
     return JSONResponse(
-        body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_MEDIA_TYPE
+        problem.body(instance),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_MEDIA_TYPE,
     )
 
 
@@ -95,7 +106,7 @@ def validation_problem(exc: RequestValidationError) -> Problem:
     return Problem(422, "validation", "Invalid request", detail, errors=errors)
 
 
-def redis_unavailable(retry_after_s: int) -> Problem:
+def redis_unavailable(retry_after_s: int = 1) -> Problem:
     """503 while Redis cannot be reached."""
     return Problem(
         503,
@@ -104,6 +115,45 @@ def redis_unavailable(retry_after_s: int) -> Problem:
         "the job store is unreachable; retry later",
         headers={"Retry-After": str(retry_after_s)},
     )
+
+
+def body_too_large(max_bytes: int) -> Problem:
+    """413 for a body over the limit (sent by the body-size middleware)."""
+    return Problem(
+        413, "body-too-large", "Request body too large", f"request body exceeds {max_bytes} bytes"
+    )
+
+
+def refusal_problem(exc: Exception, retry_after_s: int) -> Problem:
+    """The problem a job-layer refusal answers with (quota, queue, Idempotency-Key)."""
+    retry = {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, ActiveLimitError):
+        detail = (
+            f"concurrency limit of {exc.limit} queued or running jobs per API key reached; "
+            "retry when one finishes or cancel one"
+        )
+        return Problem(429, "concurrency-limited", "Too many active jobs", detail, headers=retry)
+    if isinstance(exc, QueueFullError):
+        detail = f"the queue for model {exc.model!r} is full; retry later"
+        return Problem(503, "queue-full", "Queue full", detail, headers=retry)
+    if isinstance(exc, IdempotencyConflict):
+        detail = "Idempotency-Key was already used with a different request body"
+        return Problem(422, "idempotency-conflict", "Idempotency-Key reused", detail)
+    if isinstance(exc, IdempotencyExpired):
+        return Problem(410, "gone", "Gone", "the job created with this Idempotency-Key expired")
+    assert isinstance(exc, IdempotencyInFlight), exc
+    detail = "a request with this Idempotency-Key is still being processed; retry shortly"
+    return Problem(409, "idempotency-in-flight", "Request in progress", detail,
+                   headers={"Retry-After": "1"})  # fmt: skip
+
+
+REFUSALS = (
+    ActiveLimitError,
+    QueueFullError,
+    IdempotencyConflict,
+    IdempotencyExpired,
+    IdempotencyInFlight,
+)
 
 
 def install_handlers(app: FastAPI, retry_after_s: int) -> None:
@@ -124,6 +174,11 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
         slug = _STATUS_SLUGS.get(exc.status_code, "error")
         title = slug.replace("-", " ").capitalize()
         problem = Problem(exc.status_code, slug, title, str(exc.detail), headers=exc.headers)
+        return problem_response(problem, request.url.path)
+
+    async def on_refusal(request: Request, exc: Exception) -> JSONResponse:
+        problem = refusal_problem(exc, retry_after_s)
+        request.state.reject_reason = problem.slug
         return problem_response(problem, request.url.path)
 
     async def on_redis(request: Request, exc: Exception) -> JSONResponse:
@@ -149,6 +204,8 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
         return problem_response(problem, request.url.path)
 
     app.add_exception_handler(Problem, on_problem)
+    for refusal in REFUSALS:
+        app.add_exception_handler(refusal, on_refusal)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisConnectionError, on_redis)

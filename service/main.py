@@ -11,6 +11,7 @@ from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.idempotency import IdempotencyClaims
 from jobs.store import JobStore
 from service.auth import KeyRing
 from service.bodysize import BodySizeLimit
@@ -63,6 +64,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.keyring = KeyRing(settings.keys)
     app.state.rate_limiter = RateLimiter(redis, settings.rate_limit)
     app.state.metrics = ApiMetrics(store, settings.models)
+    # Claims live as long as the job they name can be read back.
+    idempotency_ttl = settings.queue_ttl + settings.job_timeout + settings.result_ttl
+    app.state.claims = IdempotencyClaims(store, ttl=idempotency_ttl)
     install_handlers(app, settings.retry_after_s)
     app.include_router(txt2img.build_router(settings))
     app.include_router(jobs.router)

@@ -52,9 +52,15 @@ class RateLimiter:
         return 0.0 if int(allowed) else float(wait)
 
 
-def enforce_rate_limit(request: Request, owner: Owner) -> str:
+def get_rate_limiter(request: Request) -> RateLimiter:
+    """The app's submission rate limiter (app.state.rate_limiter)."""
+    return request.app.state.rate_limiter
+
+
+def enforce_rate_limit(
+    limiter: Annotated[RateLimiter, Depends(get_rate_limiter)], owner: Owner
+) -> str:
     """Dependency: 429 with Retry-After once the caller's bucket is empty; returns the owner."""
-    limiter: RateLimiter = request.app.state.rate_limiter
     wait = limiter.take(owner)
     if wait > 0:
         raise Problem(

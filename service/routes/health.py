@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from jobs.store import JobStore
-from service.deps import Settings, Store
+from service.deps import Metrics, Settings, Store
 from service.errors import Problem
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def readyz(store: Store, settings: Settings) -> dict[str, object]:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
+def metrics(api_metrics: Metrics) -> Response:
     """Prometheus text exposition of this app's registry."""
-    body = generate_latest(request.app.state.metrics.registry)
+    body = generate_latest(api_metrics.registry)
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)

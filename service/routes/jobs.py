@@ -17,7 +17,7 @@ from jobs.schema import JobRecord, JobStatus
 from jobs.store import JobStore
 from service.auth import Owner
 from service.deps import Store
-from service.errors import Problem
+from service.errors import Problem, redis_unavailable
 from service.views import JobView, job_view
 
 logger = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ async def _events(store: JobStore, record: JobRecord) -> AsyncIterator[str]:
             current = await anyio.to_thread.run_sync(_refresh, store, record)
         except RedisError as exc:
             logger.warning("event stream for %s lost redis: %s", record.id, exc)
-            problem = {"type": "urn:ldm-serve:problem:redis-unavailable", "status": 503}
-            yield f"event: error\ndata: {json.dumps(problem)}\n\n"
+            yield f"event: error\ndata: {json.dumps(redis_unavailable().body())}\n\n"
             return
         if current is None:
             yield f"event: job\ndata: {json.dumps({'id': record.id, 'status': 'expired'})}\n\n"
