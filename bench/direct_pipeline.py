@@ -37,8 +37,12 @@ class DirectResult:
 
 def direct_generate(pipe: object, params: Params, batch: int) -> float:
     """One txt2img call at `batch` with the service's request parameters; returns seconds."""
+    from model.engine import BatchEngine
+    from model.txt2img import txt2img
+
     started = time.perf_counter()
-    pipe.txt2img(  # type: ignore[attr-defined]
+    txt2img(
+        BatchEngine(pipe),  # type: ignore[arg-type]
         prompts=[PROMPTS[i % len(PROMPTS)] for i in range(batch)],
         seeds=[1000 + i for i in range(batch)], width=params.width, height=params.height,
         steps=params.steps, guidance_scale=params.guidance, sampler=params.sampler,

@@ -96,7 +96,7 @@ def build_random_sd(
     seed: int = 0,
 ) -> Path:
     """Write a random SD pipeline (DDIM, SD 1.5 schedule) as a diffusers folder in `dtype`."""
-    from tests.tiny_models import build_tiny_sd
+    from testkit.tiny_models import build_tiny_sd
 
     return build_tiny_sd(
         path, seed=seed, unet=spec.unet, vae=spec.vae, text=spec.text, device=device, dtype=dtype

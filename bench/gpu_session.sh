@@ -80,16 +80,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.engine import BatchEngine
 from model.pipeline import load_pipeline
-from model.training.judge import adherence
-from model.training.shapes import eval_samples
+from model.txt2img import txt2img
+from training.judge import adherence
+from training.shapes import eval_samples
 
 pipe = load_pipeline(Path(sys.argv[1]), sys.argv[2], torch.float32)
 samples = eval_samples(150, seed=30_000)
 images = []
 for i in range(0, len(samples), 50):
     b = samples[i : i + 50]
-    out = pipe.txt2img(
+    out = txt2img(
+        BatchEngine(pipe),
         prompts=[s.caption for s in b], seeds=[5000 + i + j for j in range(len(b))],
         width=64, height=64, steps=25, guidance_scale=3.0, sampler="ddim",
     )

@@ -43,6 +43,7 @@ from bench.direct_pipeline import DirectResult, count_flops, direct_generate, ma
 from bench.load_report import LoadResult, summarize, table
 from bench.random_models import build_standin
 from bench.stack import loadavg, machine_info, running_stack
+from jobs.schema import Sampler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help="build a tiny random model (tests.tiny_models; needs diffusers)",
+        help="build a tiny random model (testkit.tiny_models; needs diffusers)",
     )
     parser.add_argument(
         "--standin",
@@ -107,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--sampler", default="ddim")
+    parser.add_argument("--sampler", choices=[s.value for s in Sampler], default=Sampler.ddim.value)
     parser.add_argument(
         "--poll",
         default="0.25",
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         model = args.model
         if args.tiny:
-            from tests.tiny_models import build_tiny_sd
+            from testkit.tiny_models import build_tiny_sd
 
             model = build_tiny_sd(workdir / "tiny-sd")
         elif args.standin:
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print("command: python -m bench.load " + " ".join(sys.argv[1:] if argv is None else argv))
         for key, value in machine_info().items():
             print(f"- {key}: {value}")
-        label = {True: "tiny random (tests.tiny_models)"}.get(args.tiny, str(model))
+        label = {True: "tiny random (testkit.tiny_models)"}.get(args.tiny, str(model))
         if args.standin:
             label = "random weights, default model's architecture (--standin)"
         print(f"- model: {label}")

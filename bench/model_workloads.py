@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from bench.random_models import CONTEXT_DIM
+from model.engine import BatchEngine
+from model.txt2img import txt2img
 
 PROMPT = "a red cube on a blue floor, studio light"
 NEGATIVE = ""
@@ -35,7 +37,8 @@ def ours_unet(pipe, x, t, context) -> torch.Tensor:
 
 
 def ours_txt2img(pipe, n: int, size: int, steps: int = STEPS) -> np.ndarray:
-    images = pipe.txt2img(
+    images = txt2img(
+        BatchEngine(pipe),
         [PROMPT] * n,
         [NEGATIVE] * n,
         [SEED + i for i in range(n)],
@@ -43,7 +46,6 @@ def ours_txt2img(pipe, n: int, size: int, steps: int = STEPS) -> np.ndarray:
         size,
         steps,
         GUIDANCE,
-        "ddim",
     )
     return np.stack([np.asarray(image) for image in images])
 

@@ -20,11 +20,11 @@ def build_standin(path: Path) -> Path:
 
     from model.autoencoder import AutoencoderKL
     from model.checkpoint.diffusers_folder import save_diffusers
-    from model.training.autoencoder_trainer import SHAPES_AUTOENCODER
-    from model.training.ldm_trainer import SHAPES_SCHEDULE, SHAPES_UNET, text_encoder_for
-    from model.training.shapes import vocabulary_corpus
-    from model.training.tokenizer_builder import build_tokenizer
     from model.unet import UNet
+    from training.autoencoder_trainer import SHAPES_AUTOENCODER
+    from training.ldm_trainer import SHAPES_SCHEDULE, SHAPES_UNET, text_encoder_for
+    from training.shapes import vocabulary_corpus
+    from training.tokenizer_builder import build_tokenizer
 
     torch.manual_seed(0)
     tokenizer_dir = path.parent / f".{path.name}-tokenizer"
@@ -39,7 +39,7 @@ def build_standin(path: Path) -> Path:
 
 def build_midsize_sd(path: Path, seed: int = 0) -> Path:
     """Write a random mid-size SD-layout diffusers folder (UNet ~ 1/5 of SD 1.5 widths)."""
-    from tests.tiny_models import build_tiny_sd
+    from testkit.tiny_models import build_tiny_sd
 
     unet = dict(
         block_out_channels=(64, 128, 256),

@@ -11,11 +11,11 @@ def run_shapes(args: argparse.Namespace) -> int:
     """Evaluate a diffusers folder on held-out shapes prompts; exit 1 if a threshold is missed."""
     import torch
 
-    from model.training.evaluate import evaluate_shapes
+    from training.evaluate import evaluate_shapes
 
     torch.set_num_threads(args.threads)
     if args.speed:
-        from model.training.evaluate import measure_speed
+        from training.evaluate import measure_speed
 
         print(json.dumps(measure_speed(args.model, steps=args.steps), indent=2))
         return 0

@@ -7,13 +7,15 @@ import os
 import time
 from pathlib import Path
 
+from jobs.schema import Sampler, Txt2ImgRequest
+
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 # The shipped model's own request defaults (models/default/README.md): trained at 64x64, tuned at
-# guidance 3 (model/training/evaluate.py GUIDANCE_SCALE, chosen on validation prompts; 7.5 draws
+# guidance 3 (training/evaluate.py GUIDANCE_SCALE, chosen on validation prompts; 7.5 draws
 # rounder shapes). Repeated, not imported: model/ loads torch, which `ldm-serve api` never does.
 DEFAULT_MODEL_SIZE = 64
 DEFAULT_MODEL_GUIDANCE = 3.0
-SAMPLERS = ("ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m")
+DEFAULT_SAMPLER = Txt2ImgRequest.model_fields["sampler"].default
 
 
 def default_model() -> str:
@@ -21,26 +23,19 @@ def default_model() -> str:
     return os.environ.get("LDM_MODEL") or str(DEFAULT_MODEL)
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
+    from model.devices import DTYPES, resolve_device
+    from model.engine import BatchEngine
     from model.pipeline import load_pipeline
+    from model.txt2img import txt2img
 
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     started = time.perf_counter()
-    pipe = load_pipeline(args.model, resolve_device(args.device), dtypes[args.dtype], args.config,
+    pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype], args.config,
                          args.clip_skip)  # fmt: skip
     loaded = time.perf_counter()
     n = args.num_images
-    images = pipe.txt2img(
+    images = txt2img(
+        BatchEngine(pipe),
         [args.prompt] * n,
         [args.negative_prompt] * n,
         [args.seed + i for i in range(n)],
@@ -100,9 +95,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     gen.add_argument(
         "--guidance", type=float, default=None, help="default: 3 for the shipped model, else 7.5"
     )
-    gen.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    gen.add_argument("--sampler", choices=[s.value for s in Sampler], default=DEFAULT_SAMPLER)
     gen.add_argument("--karras", action="store_true", help="Karras et al. (2022) sigmas")
-    gen.add_argument("--eta", type=float, default=0.0)
+    gen.add_argument(
+        "--eta", type=float, default=None, help="noise scale (ddim: 0, euler_a: 1 by default)"
+    )
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--num-images", type=int, default=1)

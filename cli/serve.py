@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.schema import Sampler
+
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Mapping
@@ -48,7 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     txt2img.add_argument("--height", type=int)
     txt2img.add_argument("--steps", type=int)
     txt2img.add_argument("--guidance-scale", type=float)
-    txt2img.add_argument("--sampler")
+    txt2img.add_argument("--sampler", choices=[s.value for s in Sampler])
     txt2img.add_argument("--seed", type=int)
     txt2img.add_argument("--num-images", type=int)
     txt2img.add_argument("--timeout", type=float, default=600.0)
@@ -65,8 +67,8 @@ def run_api(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Load the model once and serve the queue until stopped; the exit code says how it ended."""
-    from workers.runner import configure_logging
-    from workers.runner import run_worker as serve_queue
+    from workers.process import configure_logging
+    from workers.process import run_worker as serve_queue
     from workers.settings import WorkerSettings
 
     overrides = {

@@ -30,10 +30,10 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     import numpy as np
 
     if args.images is not None:
-        from model.training.folder import load_folder
+        from training.folder import load_folder
 
         return load_folder(args.images, args.size)
-    from model.training.shapes import make_samples, render
+    from training.shapes import make_samples, render
 
     samples = make_samples(args.num_images, args.data_seed)
     return np.stack([render(s.scene) for s in samples]), samples
@@ -52,7 +52,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
     """Stage 1 handler."""
     import numpy as np
 
-    from model.training.autoencoder_trainer import AutoencoderTraining, train_autoencoder
+    from training.autoencoder_trainer import AutoencoderTraining, train_autoencoder
 
     images, _ = _load_data(args)
     held_out = images[-256:]
@@ -75,7 +75,7 @@ def run_ldm(args: argparse.Namespace) -> int:
     """Stage 2 handler."""
     import dataclasses
 
-    from model.training.ldm_trainer import SHAPES_SCHEDULE, SHAPES_UNET, LDMTraining, train_ldm
+    from training.ldm_trainer import SHAPES_SCHEDULE, SHAPES_UNET, LDMTraining, train_ldm
 
     images, captions = _load_data(args)
     training = LDMTraining(
@@ -113,9 +113,9 @@ def run_align(args: argparse.Namespace) -> int:
 
     from model.checkpoint.diffusers_folder import save_diffusers
     from model.pipeline import load_pipeline
-    from model.training.autoencoder_trainer import load_autoencoder
-    from model.training.decoder_alignment import AlignTraining, align_decoder
-    from model.training.shapes import make_samples, render
+    from training.autoencoder_trainer import load_autoencoder
+    from training.decoder_alignment import AlignTraining, align_decoder
+    from training.shapes import make_samples, render
 
     torch.set_num_threads(args.threads)
     components = load_pipeline(args.model).components

@@ -15,7 +15,7 @@ MAX_SEED = 2**32 - 1
 
 
 class Sampler(StrEnum):
-    """Samplers every worker's pipeline implements (`Pipeline.sampler_names`)."""
+    """Samplers every worker implements: the keys of model/sampling/registry.py (a test checks)."""
 
     ddim = "ddim"
     plms = "plms"
@@ -114,7 +114,13 @@ class Txt2ImgRequest(BaseModel):
     steps: int = _DEFAULT_FIELDS["steps"]
     guidance_scale: float = _DEFAULT_FIELDS["guidance_scale"]
     sampler: Sampler = Sampler.ddim
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta / ancestral noise scale")
+    eta: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="fresh-noise scale of samplers that draw noise (ddim: DDIM eta, default 0; "
+        "euler_a: ancestral eta, default 1, 0 = plain Euler); null = the sampler's default",
+    )
     karras: bool = Field(False, description="Karras sigma schedule (k-diffusion samplers)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent")
     num_images: int = _DEFAULT_FIELDS["num_images"]
@@ -173,7 +179,7 @@ class ResolvedRequest(BaseModel):
     steps: int
     guidance_scale: float
     sampler: Sampler
-    eta: float = 0.0
+    eta: float | None = None  # None: the sampler's default
     karras: bool = False
     seed: int
     num_images: int = 1

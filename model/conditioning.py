@@ -17,6 +17,15 @@ log = logging.getLogger(__name__)
 WINDOW = 77  # CLIP's context length: BOS + 75 tokens + EOS
 
 
+def windows(tokenizer: CLIPTokenizer, ids: list[int]) -> list[list[int]]:
+    """Token ids (no special tokens) as BOS/EOS-wrapped, padded 77-token windows (at least one)."""
+    body = WINDOW - 2
+    pieces = [ids[i : i + body] for i in range(0, len(ids), body)] or [[]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return [[bos, *piece, eos] + [pad] * (body - len(piece)) for piece in pieces]
+
+
 class TextConditioner:
     """Encodes prompts to cross-attention context, with an LRU cache of embeddings."""
 
@@ -40,13 +49,10 @@ class TextConditioner:
     def chunks(self, prompt: str) -> list[list[int]]:
         """Token ids of a prompt as BOS/EOS-wrapped, padded 77-token windows."""
         ids = self.tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
-        body = WINDOW - 2
-        pieces = [ids[i : i + body] for i in range(0, len(ids), body)] or [[]]
-        if len(pieces) > 1:
-            log.warning("prompt has %d tokens: encoding %d chunks of 75", len(ids), len(pieces))
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return [[tok.bos_token_id, *p, tok.eos_token_id] + [pad] * (body - len(p)) for p in pieces]
+        chunks = windows(self.tokenizer, ids)
+        if len(chunks) > 1:
+            log.warning("prompt has %d tokens: encoding %d chunks of 75", len(ids), len(chunks))
+        return chunks
 
     @torch.no_grad()
     def _encode_chunk(self, ids: list[int]) -> torch.Tensor:

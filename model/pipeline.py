@@ -1,40 +1,26 @@
-"""Text-to-image with a latent diffusion model: encode text, sample latents, decode (LDM Fig. 3)."""
+"""A loaded latent diffusion model on one device: encode text, run the UNet, decode (LDM Fig. 3).
+
+Sampling lives in the engine (model/engine.py), which depends on this module, never the reverse.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from model.components import Components
 from model.conditioning import TextConditioner
-from model.engine import BatchEngine, SampleSpec, to_uint8
-from model.sampling.samplers import SAMPLERS
+from model.errors import NonFiniteOutput
 from model.vae_tiling import decode_tiled
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], bool | None]  # (step, total) -> False cancels
-
-
-class NonFiniteOutput(ValueError):
-    """A sample produced NaN/inf latents or pixels (e.g. fp16 overflow)."""
-
-    def __init__(self, indices: list[int]) -> None:
-        super().__init__(f"non-finite output for samples {indices}")
-        self.indices = indices
-
-
-class Cancelled(RuntimeError):
-    """The progress callback asked to stop."""
-
 
 class Pipeline:
-    """A loaded model on one device, with the text conditioner and a txt2img entry point."""
+    """A loaded model on one device: text conditioner, UNet network call, VAE decode."""
 
     def __init__(
         self,
@@ -52,7 +38,6 @@ class Pipeline:
             components.unet.to(memory_format=torch.channels_last)
             components.vae.to(memory_format=torch.channels_last)
         self.conditioner = TextConditioner(components.tokenizer, components.text_encoder, clip_skip)
-        self.sampler_names = tuple(SAMPLERS)
         self.tile_latents = 96  # decode larger latents (> 768 px at f=8) in tiles to bound memory
         # Decode this many images at a time: the fp32 VAE's activations dominate peak memory (an
         # H100 run of 4 SD images peaked 2.4x above diffusers' before; docs/benchmarks.md).
@@ -61,6 +46,30 @@ class Pipeline:
     @property
     def latent_scale(self) -> float:
         return self.components.vae.config.scaling_factor
+
+    @property
+    def downsampling_factor(self) -> int:
+        return self.components.vae.config.downsampling_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.components.unet.config.in_channels
+
+    @property
+    def prediction_type(self) -> str:
+        return self.components.schedule.prediction_type
+
+    def network(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """UNet eps/v output (B, C, h, w) float32 for VP inputs, in the model's dtype.
+
+        Never runs a single row: CPU conv kernels differ at batch 1 only, so duplicating a lone
+        row keeps every image bit-identical whatever shares its batch.
+        """
+        unet = self.components.unet
+        x_in = x_in.to(self.dtype)
+        if len(x_in) > 1:
+            return unet(x_in, t, context).float()
+        return unet(x_in.repeat(2, 1, 1, 1), t.repeat(2), context.repeat(2, 1, 1))[:1].float()
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
@@ -85,61 +94,12 @@ class Pipeline:
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents (b, C, h, w) -> pixels (b, 3, H, W) in [-1, 1], tiled when large."""
         vae = self.components.vae
-        # never decode a lone latent: CPU conv kernels differ at batch 1 (see engine)
+        # never decode a lone latent: CPU conv kernels differ at batch 1 (see `network`)
         z_in = z.repeat(2, 1, 1, 1) if len(z) == 1 else z
         if max(z.shape[-2:]) > self.tile_latents:
             f = vae.config.downsampling_factor
             return decode_tiled(vae.decode, z_in, f, self.tile_latents)[: len(z)]
         return vae.decode(z_in)[: len(z)]
-
-    def txt2img(
-        self,
-        prompts: Sequence[str],
-        negative_prompts: Sequence[str] | None = None,
-        seeds: Sequence[int] | None = None,
-        width: int = 512,
-        height: int = 512,
-        steps: int = 25,
-        guidance_scale: float = 7.5,
-        sampler: str = "ddim",
-        eta: float = 0.0,
-        karras: bool = False,
-        callback: ProgressCallback | None = None,
-    ) -> list[Image.Image]:
-        """Generate one image per prompt; image i uses Generator('cpu').manual_seed(seeds[i])."""
-        negatives = list(negative_prompts or [""] * len(prompts))
-        seeds = list(seeds if seeds is not None else range(len(prompts)))
-        if not len(prompts) == len(negatives) == len(seeds):
-            raise ValueError("prompts, negative_prompts and seeds must have the same length")
-        engine = BatchEngine(self, max_batch=len(prompts))
-        handles = [
-            engine.add(
-                SampleSpec(
-                    prompt,
-                    negative,
-                    seed,
-                    width,
-                    height,
-                    steps,
-                    guidance_scale,
-                    sampler,
-                    eta,
-                    karras,
-                ),
-                tag=i,
-            )
-            for i, (prompt, negative, seed) in enumerate(
-                zip(prompts, negatives, seeds, strict=True)
-            )
-        ]
-        total = max(h.total_steps for h in handles)
-        step = 0
-        while len(engine):
-            engine.step()
-            step += 1
-            if callback is not None and callback(step, total) is False:
-                raise Cancelled(f"cancelled at step {step}/{total}")
-        return engine.decode(handles)
 
 
 def load_pipeline(
@@ -164,3 +124,9 @@ def load_pipeline(
         raise CheckpointError(f"{path}: not a diffusers folder or a checkpoint file")
     log.info("loaded %s on %s (%s)", path, device, dtype)
     return Pipeline(components, device, dtype, clip_skip)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, as diffusers' postprocess rounds."""
+    images = (images.float() / 2 + 0.5).clamp(0, 1)
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)

@@ -18,19 +18,20 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
+from PIL import Image
 
-from workers.runner import configure_logging, model_runtime, run_worker
-from workers.runtime import Engine, Runtime
+from model.engine import BatchEngine, Sample, SampleSpec
+from workers.backend import Backend, Engine
+from workers.process import configure_logging, model_backend, run_worker
 from workers.settings import WorkerSettings
 
 
 class FaultEngine:
     """Wraps a real BatchEngine; injects the fault its samples' prompts ask for."""
 
-    def __init__(self, engine: Any, fault_dir: Path, step_sleep: float) -> None:
+    def __init__(self, engine: BatchEngine, fault_dir: Path, step_sleep: float) -> None:
         self.engine = engine
         self.fault_dir = fault_dir
         self.step_sleep = step_sleep
@@ -38,19 +39,19 @@ class FaultEngine:
     def __len__(self) -> int:
         return len(self.engine)
 
-    def add(self, spec: Any, tag: Any = None) -> Any:
+    def add(self, spec: SampleSpec, tag: tuple[str, int]) -> Sample:
         with open(self.fault_dir / "adds.log", "a") as log:
             log.write(f"{spec.prompt}\t{tag}\n")
         return self.engine.add(spec, tag=tag)
 
-    def remove(self, handle: Any) -> None:
-        self.engine.remove(handle)
+    def remove(self, sample: Sample) -> None:
+        self.engine.remove(sample)
 
-    def decode(self, handles: list[Any]) -> list[Any]:
-        return self.engine.decode(handles)
+    def decode(self, samples: list[Sample]) -> list[Image.Image]:
+        return self.engine.decode(samples)
 
-    def step(self) -> list[Any]:
-        prompts = [handle.spec.prompt for handle in self.engine.active]
+    def step(self) -> list[Sample]:
+        prompts = [sample.spec.prompt for sample in self.engine.active]
         time.sleep(self.step_sleep + (0.1 if any("FAULT_SLOW" in p for p in prompts) else 0.0))
         if any("FAULT_RAISE" in p for p in prompts):
             raise RuntimeError("injected failure")
@@ -67,27 +68,30 @@ class FaultEngine:
                 marker.touch()
                 os._exit(9)
         finished = self.engine.step()
-        for handle in finished:
-            if "FAULT_NAN" in handle.spec.prompt:
-                handle.latent = torch.full_like(handle.latent, float("nan"))
+        for sample in finished:
+            if "FAULT_NAN" in sample.spec.prompt:
+                trajectory = sample.trajectory
+                trajectory.latent = torch.full_like(trajectory.latent, float("nan"))
         return finished
 
 
-def fault_runtime(settings: WorkerSettings) -> Runtime:
-    """The production runtime with every engine wrapped in a FaultEngine."""
-    runtime = model_runtime(settings)
+def fault_backend(settings: WorkerSettings) -> Backend:
+    """The production backend with every engine wrapped in a FaultEngine."""
+    backend = model_backend(settings)
     fault_dir = Path(os.environ.get("LDM_FAULT_DIR", "."))
     fault_dir.mkdir(parents=True, exist_ok=True)
     step_sleep = float(os.environ.get("LDM_FAULT_STEP_SLEEP", "0"))
-    make = runtime.engine_factory
+    make = backend.engine_factory
 
     def engine_factory() -> Engine:
-        return FaultEngine(make(), fault_dir, step_sleep)
+        engine = make()
+        assert isinstance(engine, BatchEngine)
+        return FaultEngine(engine, fault_dir, step_sleep)
 
-    return Runtime(engine_factory, runtime.spec_factory, runtime.device)
+    return Backend(engine_factory, backend.device)
 
 
 if __name__ == "__main__":
     worker_settings = WorkerSettings()
     configure_logging(worker_settings.log_level)
-    sys.exit(run_worker(worker_settings, fault_runtime))
+    sys.exit(run_worker(worker_settings, fault_backend))

@@ -103,12 +103,12 @@ def api_defaults(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> tup
 
 
 def evaluated_guidance() -> float:
-    """GUIDANCE_SCALE of model/training/evaluate.py, read without importing torch."""
-    tree = ast.parse((REPO / "model" / "training" / "evaluate.py").read_text())
+    """GUIDANCE_SCALE of training/evaluate.py, read without importing torch."""
+    tree = ast.parse((REPO / "training" / "evaluate.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "GUIDANCE_SCALE":
             return float(ast.literal_eval(node.value))
-    raise AssertionError("model/training/evaluate.py defines no GUIDANCE_SCALE")
+    raise AssertionError("training/evaluate.py defines no GUIDANCE_SCALE")
 
 
 def test_up_serves_the_shipped_model_at_its_own_guidance(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -162,7 +162,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
     if missing:
         pytest.fail(f"{missing} not installed (apt-get install redis-server prometheus)")
     pytest.importorskip("diffusers", reason="the tiny test model is built with diffusers")
-    from tests.tiny_models import build_tiny_sd
+    from testkit.tiny_models import build_tiny_sd
 
     workdir = tmp_path_factory.mktemp("deploy-e2e")
     model = build_tiny_sd(workdir / "tiny-sd")

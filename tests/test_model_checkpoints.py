@@ -17,10 +17,12 @@ from model.autoencoder import SD_VAE, AutoencoderKL
 from model.checkpoint.diffusers_folder import load_diffusers, save_diffusers
 from model.checkpoint.files import CheckpointError
 from model.checkpoint.single_file import SD1_TEXT_CONFIG, load_single_file
+from model.engine import BatchEngine
 from model.pipeline import load_pipeline
+from model.txt2img import txt2img
 from model.unet import SD2_UNET, SD15_UNET, UNet
+from testkit.tiny_models import build_tiny_sd
 from tests.conftest import REPO
-from tests.tiny_models import build_tiny_sd
 
 
 def count(module: torch.nn.Module) -> int:
@@ -43,7 +45,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def images(pipe, seed: int = 3) -> np.ndarray:  # noqa: ANN001
-    out = pipe.txt2img(["a cat"], ["a dog"], [seed], 32, 32, 4, 7.5, "euler")
+    out = txt2img(BatchEngine(pipe), ["a cat"], ["a dog"], [seed], 32, 32, 4, 7.5, "euler")
     return np.asarray(out[0]).astype(np.int16)
 
 
@@ -92,7 +94,9 @@ def test_single_file_from_convert_matches_diffusers_from_single_file(
         width=32,
         output_type="np",
     ).images[0]
-    ours = load_pipeline(single).txt2img(["a cat"], ["a dog"], [3], 32, 32, 6, 7.5, "ddim")[0]
+    ours = txt2img(
+        BatchEngine(load_pipeline(single)), ["a cat"], ["a dog"], [3], 32, 32, 6, 7.5, "ddim"
+    )[0]
     diff = np.abs(np.asarray(ours).astype(np.int16) - (theirs * 255).round().astype(np.int16))
     assert diff.mean() <= 0.5 and diff.max() <= 4, (diff.mean(), diff.max())
     back = tmp_path / "back"

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.engine import BatchEngine, SampleSpec, count_evaluations
-from model.pipeline import Cancelled, NonFiniteOutput, Pipeline, load_pipeline
-from model.sampling.schedule import ScheduleConfig, sampling_grid
-from tests.tiny_models import build_tiny_sd
+from model.engine import BatchEngine, SampleSpec
+from model.errors import Canceled, NonFiniteOutput
+from model.pipeline import Pipeline, load_pipeline
+from model.txt2img import txt2img
+from testkit.tiny_models import build_tiny_sd
 
 SAMPLERS = ["ddim", "euler", "euler_a", "dpmpp_2m", "heun", "plms"]
 
@@ -31,7 +32,7 @@ def mixed_specs() -> list[SampleSpec]:
 
 
 def run(pipe: Pipeline, specs: list[SampleSpec]) -> list[np.ndarray]:
-    engine = BatchEngine(pipe, max_batch=len(specs))
+    engine = BatchEngine(pipe)
     handles = [engine.add(spec) for spec in specs]
     while len(engine):
         engine.step()
@@ -49,7 +50,7 @@ def test_an_image_is_bit_identical_alone_or_in_any_batch(pipe: Pipeline) -> None
 
 def test_samples_join_and_leave_between_steps(pipe: Pipeline) -> None:
     first, late = mixed_specs()[1], mixed_specs()[2]
-    engine = BatchEngine(pipe, max_batch=4)
+    engine = BatchEngine(pipe)
     a = engine.add(first)
     engine.step()  # `a` is one step ahead when `b` joins
     b = engine.add(late)
@@ -72,16 +73,21 @@ def test_removed_sample_stops_and_others_continue(pipe: Pipeline) -> None:
     assert keep.done and not drop.done and drop.steps_done == 1
 
 
-def test_progress_counts_every_denoiser_call(pipe: Pipeline) -> None:
-    grid = sampling_grid(ScheduleConfig(), "heun", 5)
-    assert count_evaluations("heun", grid, 0.0) == 9  # 2 per step, 1 on the last (sigma -> 0)
-    assert count_evaluations("euler", sampling_grid(ScheduleConfig(), "euler", 5), 0.0) == 5
+def test_progress_is_in_steps_for_every_sampler(pipe: Pipeline) -> None:
+    """A heun job makes 2S - 1 denoiser calls; its progress still counts S steps."""
     seen = []
-    pipe.txt2img(["a cat"], seeds=[1], width=32, height=32, steps=4, sampler="heun",
-                 callback=lambda step, total: seen.append((step, total)))  # fmt: skip
-    assert seen == [(i, 7) for i in range(1, 8)]
-    with pytest.raises(Cancelled):
-        pipe.txt2img(["a cat"], width=32, height=32, steps=4, callback=lambda s, t: s < 2)
+    txt2img(BatchEngine(pipe), ["a cat"], seeds=[1], width=32, height=32, steps=4, sampler="heun",
+            callback=lambda step, total: seen.append((step, total)))  # fmt: skip
+    assert seen == [(0, 4), (1, 4), (1, 4), (2, 4), (2, 4), (3, 4), (4, 4)]  # 7 calls
+    for sampler in SAMPLERS:
+        steps: list[int] = []
+        txt2img(BatchEngine(pipe), ["a cat"], width=32, height=32, steps=3, sampler=sampler,
+                callback=lambda step, total, steps=steps: steps.append(step))  # fmt: skip
+        assert steps == sorted(steps) and steps[-1] == 3 and 3 not in steps[:-1], (sampler, steps)
+    engine = BatchEngine(pipe)
+    with pytest.raises(Canceled):
+        txt2img(engine, ["a cat"], width=32, height=32, steps=4, callback=lambda s, t: s < 2)
+    assert len(engine) == 0  # a canceled call leaves nothing behind in the engine
 
 
 def test_long_prompts_are_chunked_not_truncated(pipe: Pipeline, caplog) -> None:  # noqa: ANN001
@@ -96,7 +102,7 @@ def test_long_prompts_are_chunked_not_truncated(pipe: Pipeline, caplog) -> None:
     assert conditioner.encode(long_prompt, 3) is cond  # LRU cache hit
     exact = conditioner.encode(" ".join(["cat"] * 37 + ["a"]))  # 75 tokens: one window exactly
     assert exact.shape == (1, 77, 32)
-    image = pipe.txt2img([long_prompt], width=32, height=32, steps=2)[0]
+    image = txt2img(BatchEngine(pipe), [long_prompt], width=32, height=32, steps=2)[0]
     assert image.size == (32, 32)
 
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from model.engine import BatchEngine
 from model.pipeline import load_pipeline
-from tests.tiny_models import build_tiny_sd
+from model.txt2img import txt2img
+from testkit.tiny_models import build_tiny_sd
 
 pytestmark = pytest.mark.gpu
 
@@ -22,8 +24,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_matches_fp32(tiny: Path, dtype: torch.dtype) -> None:
     args = (["a cat"] * 2, ["a dog"] * 2, [1, 2], 64, 64, 10, 7.5, "dpmpp_2m")
-    reference = load_pipeline(tiny, "cuda", torch.float32).txt2img(*args)
-    half = load_pipeline(tiny, "cuda", dtype).txt2img(*args)
+    reference = txt2img(BatchEngine(load_pipeline(tiny, "cuda", torch.float32)), *args)
+    half = txt2img(BatchEngine(load_pipeline(tiny, "cuda", dtype)), *args)
     for a, b in zip(reference, half, strict=True):
         diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
         assert diff.mean() < 3.0, diff.mean()

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from model.engine import BatchEngine
 from model.pipeline import load_pipeline
-from tests.tiny_models import build_tiny_sd
+from model.txt2img import txt2img
+from testkit.tiny_models import build_tiny_sd
 
 SIZE, STEPS, GUIDANCE = 32, 8, 7.5
 PROMPT = "a cat sat on a mat"
@@ -71,9 +73,10 @@ def diffusers_images(
 
 
 def our_images(
-    path: Path, sampler: str, negative: str, seeds: list[int], eta: float = 0.0
+    path: Path, sampler: str, negative: str, seeds: list[int], eta: float | None = None
 ) -> np.ndarray:
-    images = our_pipeline(path).txt2img(
+    images = txt2img(
+        BatchEngine(our_pipeline(path)),
         [PROMPT] * len(seeds),
         [negative] * len(seeds),
         seeds,

@@ -15,15 +15,10 @@ from diffusers import (
     HeunDiscreteScheduler,
 )
 
-from model.sampling.denoiser import NetworkDenoiser
-from model.sampling.samplers import SAMPLERS, run_sampler
-from model.sampling.schedule import (
-    ScheduleConfig,
-    alphas_cumprod,
-    sampling_grid,
-    training_sigmas,
-    ve_to_vp,
-)
+from model.sampling.denoiser import Denoiser
+from model.sampling.registry import SAMPLERS
+from model.sampling.schedule import ScheduleConfig, alphas_cumprod, training_sigmas
+from model.sampling.trajectory import Trajectory, run_trajectory
 
 CONFIGS = {
     "sd1_eps_leading": ScheduleConfig(),
@@ -48,7 +43,7 @@ CASES = [
     ("ddim", False, 0.5, DDIMScheduler, {"clip_sample": False}),
     ("euler", False, 0.0, EulerDiscreteScheduler, {}),
     ("euler", True, 0.0, EulerDiscreteScheduler, {"use_karras_sigmas": True}),
-    ("euler_a", False, 0.0, EulerAncestralDiscreteScheduler, {}),
+    ("euler_a", False, 1.0, EulerAncestralDiscreteScheduler, {}),  # diffusers' ancestral eta
     ("heun", False, 0.0, HeunDiscreteScheduler, {}),
     ("heun", True, 0.0, HeunDiscreteScheduler, {"use_karras_sigmas": True}),
     ("dpmpp_2m", False, 0.0, DPMSolverMultistepScheduler, {}),
@@ -94,20 +89,19 @@ def diffusers_sample(scheduler, steps: int, seed: int, eta: float) -> torch.Tens
 
 
 def our_sample(config, sampler: str, steps: int, seed: int, eta: float, karras: bool):
-    grid = sampling_grid(config, sampler, steps, karras=karras)
+    """The engine's per-sample path: registry entry, Trajectory, the production Denoiser."""
+    entry = SAMPLERS[sampler]
+    grid = entry.grid(config, steps, karras)
     generator = torch.Generator("cpu").manual_seed(seed)
     x = torch.randn(SHAPE, generator=generator) * grid.init_noise_scale  # VE latent at sigmas[0]
-    denoiser = NetworkDenoiser(fake_net, grid, config.prediction_type)
-    x = run_sampler(
-        SAMPLERS[sampler],
-        x,
-        grid.sigmas,
-        denoiser,
-        noise=lambda: torch.randn(SHAPE, generator=generator),
-        eta=eta,
-        **grid.sampler_kwargs,
-    )
-    return ve_to_vp(x, grid.sigmas[-1])
+    denoiser = Denoiser(fake_net, config.prediction_type)
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.reshape(1)  # (B,)
+        return denoiser(x, sigma, grid.timestep_for(sigma), None)
+
+    noise = lambda: torch.randn(SHAPE, generator=generator)  # noqa: E731
+    return run_trajectory(Trajectory(entry, x, grid, noise, eta), denoise)
 
 
 @pytest.mark.parametrize("config_name", CONFIGS)
@@ -126,7 +120,7 @@ def test_grid_and_sampling_match_diffusers(sampler, karras, eta, cls, extra, con
     config = CONFIGS[config_name]
     scheduler = make_scheduler(config, cls, extra)
     scheduler.set_timesteps(steps)
-    grid = sampling_grid(config, sampler, steps, karras=karras)
+    grid = SAMPLERS[sampler].grid(config, steps, karras)
     sigmas, timesteps = getattr(scheduler, "sigmas", None), scheduler.timesteps.float()
     if cls is HeunDiscreteScheduler:  # diffusers repeats each interior sigma/t for the 2nd stage
         sigmas = torch.cat([sigmas[:1], sigmas[1::2]])
@@ -196,7 +190,7 @@ def compvis_plms(config: ScheduleConfig, steps: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("steps", (2, 3, 8, 25))
 def test_plms_matches_compvis(config_name: str, steps: int) -> None:
     config = CONFIGS[config_name]
-    grid = sampling_grid(config, "plms", steps)
+    grid = SAMPLERS["plms"].grid(config, steps, False)
     assert grid.timesteps.tolist() == [k * (1000 // steps) + 1 for k in range(steps)][::-1]
     expected = compvis_plms(config, steps, seed=7)
     actual = our_sample(config, "plms", steps, seed=7, eta=0.0, karras=False)

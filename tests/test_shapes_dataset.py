@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from model.training.shapes import (
+from training.shapes import (
     BACKGROUNDS,
     COLOURS,
     CORNER,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.training.judge import THRESHOLDS, adherence, find_objects, judge
-from model.training.shapes import COLOURS, Scene, ShapeObject, eval_samples, make_samples, render
+from training.judge import THRESHOLDS, adherence, find_objects, judge
+from training.shapes import COLOURS, Scene, ShapeObject, eval_samples, make_samples, render
 
 
 def test_judge_is_at_least_99_percent_right_on_ground_truth() -> None:

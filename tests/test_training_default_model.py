@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.training.judge import THRESHOLDS
+from training.judge import THRESHOLDS
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reason="no model")
@@ -28,7 +28,7 @@ def test_default_model_is_small_and_complete() -> None:
 def report() -> dict:
     import torch
 
-    from model.training.evaluate import evaluate_shapes
+    from training.evaluate import evaluate_shapes
 
     torch.set_num_threads(2)
     return evaluate_shapes(MODEL, count=24, psnr_images=256)  # the 256 held-out images of the card

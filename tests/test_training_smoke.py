@@ -11,14 +11,14 @@ import torch
 
 from model.autoencoder import AutoencoderConfig
 from model.sampling.schedule import ScheduleConfig
-from model.training.autoencoder_trainer import (
+from model.unet import UNetConfig
+from training.autoencoder_trainer import (
     AutoencoderTraining,
     load_autoencoder,
     train_autoencoder,
 )
-from model.training.ldm_trainer import SHAPES_SCHEDULE, LDMTraining, target, train_ldm
-from model.training.shapes import make_samples, render
-from model.unet import UNetConfig
+from training.ldm_trainer import SHAPES_SCHEDULE, LDMTraining, target, train_ldm
+from training.shapes import make_samples, render
 
 TINY_AE = AutoencoderConfig(
     base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, latent_channels=4, norm_groups=2
@@ -99,10 +99,13 @@ def test_ldm_loss_falls_and_folder_loads(autoencoder: Path, data: tuple, tmp_pat
     assert history[-10:].mean() < history[:10].mean()
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (tmp_path / "model" / part).is_dir()
+    from model.engine import BatchEngine
     from model.pipeline import load_pipeline
+    from model.txt2img import txt2img
 
     pipe = load_pipeline(tmp_path / "model")
-    images_out = pipe.txt2img(
+    images_out = txt2img(
+        BatchEngine(pipe),
         prompts=["a red circle", "a blue square on the left"],
         seeds=[0, 1],
         width=64,
@@ -155,7 +158,7 @@ def test_ldm_resume_reproduces_an_uninterrupted_run(
 ) -> None:
     import shutil
 
-    from model.training import ldm_trainer
+    from training import ldm_trainer
 
     save = ldm_trainer.save_checkpoint
 
@@ -191,8 +194,8 @@ def test_warm_start_adds_attention_as_the_identity(
 ) -> None:
     import dataclasses
 
-    from model.training.warm_start import warm_start
     from model.unet import UNet
+    from training.warm_start import warm_start
 
     _train_tiny(autoencoder, data, tmp_path / "base", 5)
     checkpoint = tmp_path / "base" / "checkpoint.pt"
@@ -233,8 +236,10 @@ def test_align_decoder_changes_only_the_decoder(
     autoencoder: Path, data: tuple, tmp_path: Path
 ) -> None:
     from cli.main import main
+    from model.engine import BatchEngine
     from model.pipeline import load_pipeline
-    from model.training.decoder_alignment import AlignTraining, align_decoder
+    from model.txt2img import txt2img
+    from training.decoder_alignment import AlignTraining, align_decoder
 
     images, samples = data
     base = _train_tiny(autoencoder, data, tmp_path / "base", 5)
@@ -251,5 +256,5 @@ def test_align_decoder_changes_only_the_decoder(
     out = tmp_path / "aligned"
     argv = ["train", "align-decoder", "--model", str(base), "--autoencoder", str(autoencoder)]
     assert main([*argv, "--output", str(out), "--num-images", "40", "--steps", "2"]) == 0
-    pipe = load_pipeline(out)
-    assert len(pipe.txt2img(["a red circle"], seeds=[0], width=64, height=64, steps=2)) == 1
+    engine = BatchEngine(load_pipeline(out))
+    assert len(txt2img(engine, ["a red circle"], seeds=[0], width=64, height=64, steps=2)) == 1

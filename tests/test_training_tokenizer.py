@@ -8,9 +8,9 @@ import pytest
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from model.conditioning import TextConditioner
-from model.training.ldm_trainer import text_encoder_for, token_ids
-from model.training.shapes import eval_samples, make_samples, vocabulary_corpus
-from model.training.tokenizer_builder import build_tokenizer
+from training.ldm_trainer import text_encoder_for, token_ids
+from training.shapes import eval_samples, make_samples, vocabulary_corpus
+from training.tokenizer_builder import build_tokenizer
 
 
 @pytest.fixture(scope="module")

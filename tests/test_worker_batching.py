@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from workers.batching import (
     Admission,
     Slot,
@@ -32,31 +34,30 @@ def test_empty_engine_admits_fifo_up_to_max_batch() -> None:
 def test_other_resolution_blocks_the_line_behind_it() -> None:
     slots = [slot("a", 2, admitted=2, active=2), slot("b", 1, size=128), slot("c", 1)]
     assert plan_admissions(slots, 8) == []  # c may not overtake b
-    slots[0].active = 0
-    slots[0].done = 2
+    slots[0] = replace(slots[0], active=0, done=2)
     assert plan_admissions(slots, 8) == [Admission("b", 0, 1)]
 
 
 def test_joins_running_batch_of_same_resolution() -> None:
     slots = [slot("a", 2, admitted=2, active=2), slot("b", 4)]
     assert plan_admissions(slots, 4) == [Admission("b", 0, 2)]
-    slots[1].admitted = slots[1].active = 2
+    slots[1] = replace(slots[1], admitted=2, active=2)
     assert plan_admissions(slots, 4) == []
-    slots[0].active, slots[0].done = 0, 2
+    slots[0] = replace(slots[0], active=0, done=2)
     assert plan_admissions(slots, 4) == [Admission("b", 2, 2)]
 
 
 def test_isolation_groups_never_mix() -> None:
     slots = [slot("a", 1, group=1), slot("b", 1, group=2), slot("c", 1)]
     assert plan_admissions(slots, 8) == [Admission("a", 0, 1)]
-    slots[0].admitted = slots[0].active = 1
+    slots[0] = replace(slots[0], admitted=1, active=1)
     assert plan_admissions(slots, 8) == []
 
 
 def test_cap_limits_samples_of_one_job() -> None:
     slots = [slot("a", 4, cap=2)]
     assert plan_admissions(slots, 8) == [Admission("a", 0, 2)]
-    slots[0].admitted = slots[0].active = 2
+    slots[0] = replace(slots[0], admitted=2, active=2)
     assert plan_admissions(slots, 8) == []
 
 
@@ -74,7 +75,7 @@ def test_completion_and_progress() -> None:
     s = slot("a", 2, admitted=2, active=1, done=1)
     assert not is_complete(s)
     assert job_progress(s, [4]) == (7, 10)  # (10 + 4) / 2
-    s.active, s.done = 0, 2
+    s = replace(s, active=0, done=2)
     assert is_complete(s)
     assert job_progress(s, []) == (10, 10)
 

@@ -89,7 +89,9 @@ def test_sixteen_concurrent_requests_share_steps_and_match_solo(
 
     import torch
 
+    from model.engine import BatchEngine
     from model.pipeline import load_pipeline
+    from model.txt2img import txt2img
 
     torch.set_num_threads(1)
     pipe = load_pipeline(tiny_model)
@@ -103,9 +105,9 @@ def test_sixteen_concurrent_requests_share_steps_and_match_solo(
             and "Size: 32x32" in text
             and "Model: default" in text
         )
-        (solo,) = pipe.txt2img(
-            [body["prompt"]], [body["negative_prompt"]], [body["seed"]], 32, 32, body["steps"],
-            body["guidance_scale"], body["sampler"],
+        (solo,) = txt2img(
+            BatchEngine(pipe), [body["prompt"]], [body["negative_prompt"]], [body["seed"]], 32, 32,
+            body["steps"], body["guidance_scale"], body["sampler"],
         )  # fmt: skip
         served = np.asarray(image.convert("RGB")).astype(int)
         alone = np.asarray(solo).astype(int)
@@ -135,3 +137,28 @@ def test_cancel_running_over_http_and_cli_client(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert Image.open(out).text["parameters"].startswith("a tiny cat")
+
+
+def test_heun_progress_counts_steps_not_denoiser_calls(
+    api: ApiServer, worker: WorkerProcess
+) -> None:
+    """Heun makes 2S - 1 denoiser calls; progress must stay below S until the job is done."""
+    steps = 6
+    with api.client() as client:
+        body = {"prompt": "FAULT_SLOW heun progress", "steps": steps, "sampler": "heun"}
+        job_id = client.post("/v1/txt2img", json=body).json()["id"]
+        seen: list[tuple[str, int, int]] = []
+        deadline = time.monotonic() + 60
+        while True:
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            seen.append((job["status"], job["progress"]["step"], job["progress"]["total"]))
+            if job["status"] in ("succeeded", "failed", "canceled", "expired"):
+                break
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.02)
+    running = [step for status, step, _ in seen if status == "running"]
+    assert seen[-1] == ("succeeded", steps, steps), seen
+    assert all(total == steps for _, _, total in seen)
+    assert running == sorted(running), seen  # never goes back
+    assert steps - 2 <= max(running) < steps, seen  # the total is reached only at the end
+    assert len(set(running)) >= 3, seen  # progress was visible along the way

@@ -22,8 +22,8 @@ from jobs import keys
 from jobs.store import JobStore
 from tests.worker_harness import WorkerProcess, done, submit, tiny_model, wait_for
 from workers.metrics import WorkerMetrics
+from workers.process import abandoned_hook
 from workers.rq_bridge import RqBridge
-from workers.runner import abandoned_hook
 
 __all__ = ["tiny_model"]
 

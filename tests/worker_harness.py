@@ -40,7 +40,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny random SD folder per test session (shared by every worker test module)."""
     path = tmp_path_factory.getbasetemp() / "worker-tiny-sd"
     if not (path / "model_index.json").exists():
-        from tests.tiny_models import build_tiny_sd
+        from testkit.tiny_models import build_tiny_sd
 
         build_tiny_sd(path)
     return path

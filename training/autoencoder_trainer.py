@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from model.autoencoder import AutoencoderConfig, AutoencoderKL
-from model.training.common import (
+from model.pipeline import to_uint8
+from training.common import (
     Progress,
     load_checkpoint,
     psnr,
@@ -21,7 +22,6 @@ from model.training.common import (
     save_grid,
     seed_everything,
     to_tensor,
-    to_uint8,
 )
 
 logger = logging.getLogger(__name__)

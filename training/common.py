@@ -28,12 +28,6 @@ def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
-    x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
-    return x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
-
-
 def psnr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Mean PSNR in dB over uint8 images (N, H, W, 3), peak 255."""
     error = (reference.astype(np.float64) - estimate.astype(np.float64)) ** 2

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.training.common import psnr, save_grid, to_tensor, to_uint8
-from model.training.judge import THRESHOLDS, adherence
-from model.training.shapes import eval_samples, make_samples, render
+from model.pipeline import to_uint8
+from model.sampling.registry import DEFAULT_SAMPLER
+from training.common import psnr, save_grid, to_tensor
+from training.judge import THRESHOLDS, adherence
+from training.shapes import eval_samples, make_samples, render
 
 EVAL_SEED = 10_000  # held-out prompts: a seed stream training (data seed 1) never draws from
 PSNR_SEED = 20_000
@@ -46,12 +48,14 @@ def evaluate_shapes(
     batch_size: int = 16,
     grid_path: Path | None = None,
     psnr_images: int = 256,
-    sampler: str = "ddim",
+    sampler: str = DEFAULT_SAMPLER,
 ) -> dict[str, Any]:
     """Generate for held-out prompts with fixed seeds; judge them against issue 5's thresholds."""
+    from model.engine import BatchEngine
     from model.pipeline import load_pipeline
+    from model.txt2img import txt2img
 
-    pipe = load_pipeline(model)
+    engine = BatchEngine(load_pipeline(model))
     everything = eval_samples(300, EVAL_SEED)
     chosen = subset(len(everything), count)
     samples = [everything[i] for i in chosen]
@@ -60,7 +64,8 @@ def evaluate_shapes(
     for i in range(0, len(samples), batch_size):
         batch = samples[i : i + batch_size]
         seeds = [PROMPT_SEED + j for j in chosen[i : i + batch_size]]
-        out = pipe.txt2img(
+        out = txt2img(
+            engine,
             prompts=[s.caption for s in batch],
             seeds=seeds,
             width=64,
@@ -84,7 +89,7 @@ def evaluate_shapes(
     }
     passed = all(metrics[k] >= v for k, v in THRESHOLDS.items())
     if psnr_images:
-        value = reconstruction_psnr(pipe.components.vae, psnr_images)
+        value = reconstruction_psnr(engine.pipeline.components.vae, psnr_images)
         report["reconstruction_psnr_db"] = value
         passed = passed and value >= 30.0
     report["passed"] = passed
@@ -100,21 +105,23 @@ def measure_speed(
     model: Path, steps: int = 25, guidance_scale: float = 7.5, repeats: int = 3
 ) -> dict[str, float]:
     """Best-of-`repeats` latency of one image and throughput at batch 16 (model already loaded)."""
+    from model.engine import BatchEngine
     from model.pipeline import load_pipeline
+    from model.txt2img import txt2img
 
-    pipe = load_pipeline(model)
+    engine = BatchEngine(load_pipeline(model))
     prompts = [s.caption for s in eval_samples(300, EVAL_SEED)[:16]]
 
     def timed(count: int) -> float:
         began = time.perf_counter()
-        pipe.txt2img(
+        txt2img(
+            engine,
             prompts=prompts[:count],
             seeds=list(range(count)),
             width=64,
             height=64,
             steps=steps,
             guidance_scale=guidance_scale,
-            sampler="ddim",
         )
         return time.perf_counter() - began
 

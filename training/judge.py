@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.training.shapes import BACKGROUNDS, COLOURS, CORNER, IMAGE_SIZE, POSITIONS, Sample
+from training.shapes import BACKGROUNDS, COLOURS, CORNER, IMAGE_SIZE, POSITIONS, Sample
 
 BACKGROUND_DISTANCE = 60.0  # RGB distance from the background beyond which a pixel is "object"
 PALETTE_DISTANCE = 90.0  # an object pixel must lie this close to a palette colour to count

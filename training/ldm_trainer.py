@@ -17,9 +17,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from model.autoencoder import AutoencoderKL
 from model.checkpoint.diffusers_folder import save_diffusers
+from model.conditioning import WINDOW, windows
 from model.sampling.schedule import ScheduleConfig, alphas_cumprod
-from model.training.autoencoder_trainer import learning_rate, load_autoencoder
-from model.training.common import (
+from model.unet import UNet, UNetConfig
+from training.autoencoder_trainer import learning_rate, load_autoencoder
+from training.common import (
     EMA,
     Progress,
     load_checkpoint,
@@ -27,13 +29,10 @@ from model.training.common import (
     seed_everything,
     to_tensor,
 )
-from model.training.evaluate import quick_check
-from model.training.shapes import Sample, caption, vocabulary_corpus
-from model.training.tokenizer_builder import build_tokenizer
-from model.training.warm_start import warm_start
-from model.unet import UNet, UNetConfig
-
-WINDOW = 77  # the inference TextConditioner always feeds BOS + 75 tokens + EOS windows
+from training.evaluate import quick_check
+from training.shapes import Sample, caption, vocabulary_corpus
+from training.tokenizer_builder import build_tokenizer
+from training.warm_start import warm_start
 
 # 16x16x4 latents: levels at 16, 8, 4, 2 px; attention at 8x8 and below. Absolute position ("on
 # the left") reaches a convolutional UNet only through zero padding; at 2x2 every pixel touches two
@@ -86,15 +85,9 @@ class LDMTraining:
 
 
 def token_ids(tokenizer: CLIPTokenizer, texts: Sequence[str]) -> torch.Tensor:
-    """(B, 77) ids laid out exactly as the inference TextConditioner's first window."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = []
-    for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False).input_ids:
-        ids = ids[: WINDOW - 2]
-        rows.append(
-            [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [pad] * (WINDOW - 2 - len(ids))
-        )
-    return torch.tensor(rows)
+    """(B, 77) ids: each text's first window, exactly as the inference TextConditioner lays it."""
+    batch = tokenizer(list(texts), add_special_tokens=False, truncation=False).input_ids
+    return torch.tensor([windows(tokenizer, ids)[0] for ids in batch])
 
 
 def target(

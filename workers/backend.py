@@ -1,52 +1,34 @@
-"""What the batching loop holds: the model-side runtime it drives and one record per claimed job."""
+"""What the batching loop drives on the model side: an engine factory and the device it runs on.
+
+The production backend wraps model.engine.BatchEngine; fault tests inject an Engine that
+misbehaves on cue (tests/fault_worker.py). Both satisfy the `Engine` protocol below.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from jobs.schema import ResolvedRequest
-from workers.batching import Slot
-from workers.rq_bridge import Claim
+if TYPE_CHECKING:
+    from PIL import Image
 
-
-class Handle(Protocol):
-    """A sample inside the engine (model.engine handle)."""
-
-    steps_done: int
-    total_steps: int
-    tag: Any
+    from model.engine import Sample, SampleSpec
 
 
 class Engine(Protocol):
-    """The subset of model.engine.BatchEngine the loop drives."""
+    """The part of model.engine.BatchEngine the loop drives."""
 
-    def add(self, spec: Any, tag: Any = None) -> Any: ...
-    def step(self) -> list[Any]: ...
-    def remove(self, handle: Any) -> None: ...
-    def decode(self, handles: list[Any]) -> list[Any]: ...
+    def add(self, spec: SampleSpec, tag: tuple[str, int]) -> Sample: ...
+    def step(self) -> list[Sample]: ...
+    def remove(self, sample: Sample) -> None: ...
+    def decode(self, samples: list[Sample]) -> list[Image.Image]: ...
     def __len__(self) -> int: ...
 
 
 @dataclass
-class Runtime:
-    """What the loop needs from the model layer, injectable for fault tests."""
+class Backend:
+    """A fresh engine on demand (after a failed step the old one may hold half-updated state)."""
 
     engine_factory: Callable[[], Engine]
-    spec_factory: Callable[..., Any]
     device: str = "cpu"
-
-
-@dataclass
-class Run:
-    """Everything the worker holds for one claimed job."""
-
-    claim: Claim
-    request: ResolvedRequest
-    slot: Slot
-    started: float = field(default_factory=time.monotonic)
-    timeout: float = 600.0
-    active: dict[int, Any] = field(default_factory=dict)  # image index -> engine handle
-    finished: dict[int, Any] = field(default_factory=dict)

@@ -1,19 +1,18 @@
 """Pure continuous-batching decisions: admission, retirement, progress and failure isolation.
 
 Nothing here touches Redis, rq or torch: the loop describes its claimed jobs as `Slot`s (in the
-order they were dequeued) and asks what to do next.
+order they were dequeued; each derived from a JobInFlight) and asks what to do next.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Slot:
-    """One claimed job as the batching policy sees it (the loop updates the counters)."""
+    """One claimed job as the batching policy sees it: a snapshot, derived, never updated."""
 
     job_id: str
     width: int
@@ -102,9 +101,9 @@ def is_complete(slot: Slot) -> bool:
 
 
 def job_progress(slot: Slot, active_steps_done: Sequence[int]) -> tuple[int, int]:
-    """(step, total) of a job: its sample-steps so far averaged over its images."""
+    """(step, total) of a job: grid steps of its images so far, averaged (floor) over them."""
     sample_steps = slot.done * slot.steps + sum(active_steps_done)
-    return min(slot.steps, math.floor(sample_steps / max(1, slot.samples))), slot.steps
+    return sample_steps // max(1, slot.samples), slot.steps
 
 
 def split_for_retry(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -8,30 +8,22 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from jobs.schema import ResolvedRequest
-
-# Names AUTOMATIC1111's web UI writes in the `parameters` chunk, so its PNG Info tab reads ours.
-A1111_SAMPLERS = {
-    "ddim": "DDIM",
-    "plms": "PLMS",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "heun": "Heun",
-    "dpmpp_2m": "DPM++ 2M",
-}
+from model.sampling.registry import sampler_entry
 
 
 def parameters_text(request: ResolvedRequest, index: int, model_name: str) -> str:
-    """A1111-style generation parameters of image `index` (its seed is seed + index)."""
-    sampler = A1111_SAMPLERS.get(request.sampler.value, request.sampler.value)
-    if request.karras:
-        sampler += " Karras"
+    """A1111-style generation parameters of image `index` (its seed is seed + index), with the
+    sampler under A1111's name so its PNG Info tab reads ours."""
+    entry = sampler_entry(request.sampler.value)
+    sampler = entry.a1111_name(request.karras)
+    eta = f", Eta: {request.eta:g}" if request.eta is not None and entry.takes_eta else ""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     lines.append(
         f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale:g}, "
         f"Seed: {request.seed + index}, Size: {request.width}x{request.height}, "
-        f"Model: {model_name}"
+        f"Model: {model_name}{eta}"
     )
     return "\n".join(lines)
 

@@ -7,46 +7,46 @@ import signal
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.schema import JobError, JobStatus, ResolvedRequest
 from jobs.store import JobStore
+from model.engine import Sample, SampleSpec
 from workers import batching
-from workers.batching import Slot
+from workers.backend import Backend
+from workers.job_in_flight import JobInFlight
 from workers.metrics import WorkerMetrics
 from workers.retire import Retirer, classify
 from workers.rq_bridge import Claim, RqBridge
-from workers.runtime import Run, Runtime
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 
 class BatchLoop:
-    """Drives one BatchEngine from one rq queue until stopped; `run()` returns the exit code."""
+    """Drives one BatchEngine from one rq queue until stopped; `serve()` returns the exit code."""
 
     def __init__(
         self,
         settings: WorkerSettings,
-        runtime: Runtime,
+        backend: Backend,
         bridge: RqBridge,
         store: JobStore,
         metrics: WorkerMetrics,
         touch: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
-        self.runtime = runtime
-        self.engine = runtime.engine_factory()
+        self.backend = backend
+        self.engine = backend.engine_factory()
         self.bridge = bridge
         self.store = store
         self.metrics = metrics
         self.touch = touch
         self.retirer = Retirer(store, bridge, metrics, settings.model_name)
-        self.runs: dict[str, Run] = {}
-        self.slots: list[Slot] = []
+        self.jobs: dict[str, JobInFlight] = {}  # claim order: the batching policy's FIFO
         self.next_group = 1
         self.stopping = False
         self.deadline = float("inf")
@@ -66,7 +66,7 @@ class BatchLoop:
         log.info(
             "%s: draining %d running jobs (grace %.0fs)",
             signal.Signals(signum).name,
-            len(self.runs),
+            len(self.jobs),
             self.settings.shutdown_grace,
         )
         self.stopping = True
@@ -74,15 +74,15 @@ class BatchLoop:
 
     def busy(self) -> bool:
         """True while samples are in the engine (the watchdog only judges a busy worker)."""
-        return bool(self.runs)
+        return bool(self.jobs)
 
-    def run(self) -> int:
+    def serve(self) -> int:
         """Serve until a graceful stop (0); Redis outages longer than the retry window and
         unexpected errors propagate to the caller (which exits non-zero)."""
         outage_since: float | None = None
         while True:
             try:
-                if self.stopping and (not self.runs or time.monotonic() >= self.deadline):
+                if self.stopping and (not self.jobs or time.monotonic() >= self.deadline):
                     self.hand_back_all()
                     log.info("worker stopped")
                     return 0
@@ -128,14 +128,18 @@ class BatchLoop:
         while True:
             self.admit()
             if not batching.should_dequeue(
-                self.slots, self.settings.max_batch, draining=self.stopping
+                self.slots(), self.settings.max_batch, draining=self.stopping
             ):
                 return
-            timeout = self.settings.idle_poll_seconds if not self.runs else None
-            job = self.bridge.dequeue(timeout)
-            if job is None:
+            timeout = self.settings.idle_poll_seconds if not self.jobs else None
+            rq_job = self.bridge.dequeue(timeout)
+            if rq_job is None:
                 return
-            self.accept(self.bridge.claim(job))
+            self.accept(self.bridge.claim(rq_job))
+
+    def slots(self) -> list[batching.Slot]:
+        """The batching policy's view of every held job, in claim order."""
+        return [job.slot for job in self.jobs.values()]
 
     def accept(self, claim: Claim) -> None:
         """Start our record for a claimed job, or end it at once (canceled, undecodable)."""
@@ -159,9 +163,7 @@ class BatchLoop:
         timeout = self.settings.job_timeout
         if claim.job.timeout and claim.job.timeout > 0:
             timeout = min(timeout, float(claim.job.timeout))
-        slot = Slot(job_id, request.width, request.height, request.steps, request.num_images)
-        self.runs[job_id] = Run(claim, request, slot, timeout=timeout)
-        self.slots.append(slot)
+        self.jobs[job_id] = JobInFlight(claim, request, timeout=timeout)
         if record.queue_wait_s is not None:
             self.metrics.queue_wait.observe(record.queue_wait_s)
         log.info(
@@ -172,140 +174,131 @@ class BatchLoop:
 
     def admit(self) -> None:
         """Hand waiting samples to the engine as the batching policy allows."""
-        for admission in batching.plan_admissions(self.slots, self.settings.max_batch):
-            run = self.runs[admission.job_id]
+        for admission in batching.plan_admissions(self.slots(), self.settings.max_batch):
+            job = self.jobs[admission.job_id]
             try:
                 for index in range(admission.first, admission.first + admission.count):
-                    run.active[index] = self.engine.add(
-                        self._spec(run.request, index), tag=(run.slot.job_id, index)
-                    )
-                    run.slot.admitted += 1
-                    run.slot.active += 1
+                    spec = sample_spec(job.request, index)
+                    job.active[index] = self.engine.add(spec, tag=(job.job_id, index))
             except Exception as exc:
-                self._drop_from_engine(run)
-                self.end_failed(run, classify(exc), f"could not start sampling: {exc}")
+                self._drop_from_engine(job)
+                self.end_failed(job, classify(exc), f"could not start sampling: {exc}")
         self.touch()
-
-    def _spec(self, request: ResolvedRequest, index: int) -> Any:
-        """The engine's SampleSpec of image `index` of a request (seed + index)."""
-        return self.runtime.spec_factory(
-            prompt=request.prompt, negative_prompt=request.negative_prompt,
-            seed=request.seed + index, width=request.width, height=request.height,
-            steps=request.steps, guidance_scale=request.guidance_scale,
-            sampler=request.sampler.value, eta=request.eta, karras=request.karras,
-        )  # fmt: skip
 
     # --- stepping, retirement -------------------------------------------------------------------
 
-    def on_sample_done(self, handle: Any) -> None:
-        """A sample finished denoising: keep its handle until the whole job can be decoded."""
-        job_id, index = handle.tag
-        run = self.runs.get(job_id)
-        if run is None or run.active.pop(index, None) is None:
+    def on_sample_done(self, sample: Sample) -> None:
+        """A sample finished denoising: keep it until the whole job can be decoded."""
+        job_id, index = cast(tuple[str, int], sample.tag)  # the tag `admit` gave it
+        job = self.jobs.get(job_id)
+        if job is None or job.active.pop(index, None) is None:
             return
-        run.finished[index] = handle
-        run.slot.active -= 1
-        run.slot.done += 1
+        job.finished[index] = sample
 
     def retire_complete(self) -> None:
         """Decode, encode and store every job whose samples all finished."""
-        complete = [run for run in self.runs.values() if batching.is_complete(run.slot)]
+        complete = [job for job in self.jobs.values() if job.complete]
         if not complete:
             return
-        for run in complete:
-            self._forget(run)
+        for job in complete:
+            self._forget(job)
         self.retirer.retire(self.engine, complete)
-        self.metrics.record_memory(self.runtime.device)
+        self.metrics.record_memory(self.backend.device)
         self.touch()
 
     def on_step_failure(self, exc: Exception) -> None:
         """A batched step raised: rerun the members apart (bisect), fail a member that is alone."""
         reason = classify(exc)
-        failed = [slot.job_id for slot in self.slots if slot.active > 0]
+        slots = self.slots()
+        failed = [slot.job_id for slot in slots if slot.active > 0]
         log.warning("step failed reason=%s jobs=%s: %r", reason, ",".join(failed), exc)
-        plan = batching.retry_plan(self.slots, failed, self.next_group, oom=reason == "oom")
+        plan = batching.retry_plan(slots, failed, self.next_group, oom=reason == "oom")
         self.next_group += 2
-        self.engine = self.runtime.engine_factory()  # the old one may hold half-updated state
-        if reason == "oom" and self.runtime.device.startswith("cuda"):
+        self.engine = self.backend.engine_factory()  # the old one may hold half-updated state
+        if reason == "oom" and self.backend.device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
         for job_id in failed:
-            run = self.runs[job_id]
-            run.active.clear()
-            run.finished.clear()
+            job = self.jobs[job_id]
             if job_id in plan:
-                run.slot.group, run.slot.cap = plan[job_id]
-                run.slot.admitted = run.slot.active = run.slot.done = 0
+                job.restart(*plan[job_id])
             else:
-                self.end_failed(run, reason, str(exc) or type(exc).__name__)
+                job.active.clear()
+                self.end_failed(job, reason, str(exc) or type(exc).__name__)
         self.touch()
 
     # --- progress, cancellation, timeouts -------------------------------------------------------
 
     def report_progress(self) -> None:
         """One round trip: write every running job's progress and learn which to stop."""
-        progress = {
-            job_id: batching.job_progress(run.slot, [h.steps_done for h in run.active.values()])
-            for job_id, run in self.runs.items()
-        }
-        stop = self.store.report_progress(progress)
-        stop |= {job_id for job_id in self.runs if self.bridge.stop_requested(job_id)}
+        stop = self.store.report_progress(
+            {job_id: job.progress() for job_id, job in self.jobs.items()}
+        )
+        stop |= {job_id for job_id in self.jobs if self.bridge.stop_requested(job_id)}
         for job_id in stop:
-            run = self.runs.get(job_id)
-            if run is not None:
-                self.end_canceled(run)
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self.end_canceled(job)
 
     def enforce_timeouts(self) -> None:
         """Fail jobs running longer than their timeout (checked between steps)."""
         now = time.monotonic()
-        for run in list(self.runs.values()):
-            if now - run.started > run.timeout:
-                self._drop_from_engine(run)
-                self.end_failed(run, "timeout", f"job exceeded its {run.timeout:g}s timeout")
+        for job in list(self.jobs.values()):
+            if now - job.started > job.timeout:
+                self._drop_from_engine(job)
+                self.end_failed(job, "timeout", f"job exceeded its {job.timeout:g}s timeout")
 
     # --- endings --------------------------------------------------------------------------------
 
-    def end_failed(self, run: Run, reason: str, message: str) -> None:
+    def end_failed(self, job: JobInFlight, reason: str, message: str) -> None:
         """Fail one job for good (record, rq, metrics)."""
-        self._forget(run)
-        self.retirer.fail(run, reason, message)
+        self._forget(job)
+        self.retirer.fail(job, reason, message)
 
-    def end_canceled(self, run: Run) -> None:
+    def end_canceled(self, job: JobInFlight) -> None:
         """Stop a job at this step and discard its partial output."""
-        step, _ = batching.job_progress(run.slot, [h.steps_done for h in run.active.values()])
-        self._drop_from_engine(run)
-        self._forget(run)
-        self.retirer.cancel(run, step)
+        step, _ = job.progress()
+        self._drop_from_engine(job)
+        self._forget(job)
+        self.retirer.cancel(job, step)
 
     def hand_back_all(self) -> None:
         """Return every held job to the front of the queue (shutdown ran out of grace)."""
-        for run in list(self.runs.values()):
-            self._drop_from_engine(run)
-            self._forget(run)
-            self.store.requeue(run.slot.job_id)
-            self.bridge.hand_back(run.claim)
-            log.info("job_handed_back job_id=%s", run.slot.job_id)
+        for job in list(self.jobs.values()):
+            self._drop_from_engine(job)
+            self._forget(job)
+            self.store.requeue(job.job_id)
+            self.bridge.hand_back(job.claim)
+            log.info("job_handed_back job_id=%s", job.job_id)
 
     def release_untracked(self) -> None:
         """After a Redis outage: hand back jobs rq thinks we hold but the loop lost mid-ending."""
         for job_id, claim in list(self.bridge.claims.items()):
-            if job_id not in self.runs:
+            if job_id not in self.jobs:
                 log.warning("job_handed_back job_id=%s reason=redis_outage", job_id)
                 self.store.requeue(job_id)
                 self.bridge.hand_back(claim)
 
-    def _drop_from_engine(self, run: Run) -> None:
+    def _drop_from_engine(self, job: JobInFlight) -> None:
         """Remove a job's still-denoising samples from the engine."""
-        for handle in run.active.values():
+        for sample in job.active.values():
             try:
-                self.engine.remove(handle)
+                self.engine.remove(sample)
             except Exception:
-                log.warning("engine.remove failed for %s", handle.tag, exc_info=True)
-        run.slot.active -= len(run.active)
-        run.active.clear()
+                log.warning("engine.remove failed for %s", sample.tag, exc_info=True)
+        job.active.clear()
 
-    def _forget(self, run: Run) -> None:
+    def _forget(self, job: JobInFlight) -> None:
         """Stop tracking a job in the batching state."""
-        self.runs.pop(run.slot.job_id, None)
-        self.slots = [slot for slot in self.slots if slot is not run.slot]
+        self.jobs.pop(job.job_id, None)
+
+
+def sample_spec(request: ResolvedRequest, index: int) -> SampleSpec:
+    """The engine's spec of image `index` of a request (its seed is seed + index)."""
+    return SampleSpec(
+        prompt=request.prompt, negative_prompt=request.negative_prompt, seed=request.seed + index,
+        width=request.width, height=request.height, steps=request.steps,
+        guidance_scale=request.guidance_scale, sampler=request.sampler.value, eta=request.eta,
+        karras=request.karras,
+    )  # fmt: skip

@@ -45,7 +45,10 @@ class WorkerMetrics:
             buckets=BATCH_BUCKETS, registry=registry,
         ).labels(model)  # fmt: skip
         self.denoising_steps = Counter(
-            "ldm_worker_denoising_steps_total", "Sample-steps denoised.", labels, registry=registry
+            "ldm_worker_denoising_steps_total",
+            "Denoiser evaluations, one per sample per batched forward (a Heun step is two).",
+            labels,
+            registry=registry,
         ).labels(model)
         self.images = Counter(
             "ldm_worker_images_generated_total", "Images stored.", labels, registry=registry

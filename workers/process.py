@@ -10,48 +10,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from redis import Redis
 
 from jobs.store import JobStore
+from workers.backend import Backend
 from workers.loop import BatchLoop
 from workers.metrics import WorkerMetrics, serve
 from workers.rq_bridge import Heartbeat, RqBridge
-from workers.runtime import Runtime
 from workers.settings import WorkerSettings
 from workers.watchdog import Watchdog
 
-if TYPE_CHECKING:
-    import torch
-
 log = logging.getLogger(__name__)
 
-RuntimeFactory = Callable[[WorkerSettings], Runtime]
+BackendFactory = Callable[[WorkerSettings], Backend]
 
 
-def resolve_device(setting: str) -> str:
-    """`auto` -> cuda when available, else cpu."""
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(setting: str, device: str) -> torch.dtype:
-    """`auto` -> float16 on CUDA, float32 on CPU."""
-    import torch
-
-    if setting == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    dtype: torch.dtype = getattr(torch, setting)
-    return dtype
-
-
-def model_runtime(settings: WorkerSettings) -> Runtime:
-    """Load the pipeline once and wrap it in a BatchEngine factory (the production runtime)."""
-    from model.engine import BatchEngine, SampleSpec
+def model_backend(settings: WorkerSettings) -> Backend:
+    """Load the pipeline once; engines over it are the production backend."""
+    from model.devices import resolve_device, resolve_dtype
+    from model.engine import BatchEngine
     from model.pipeline import load_pipeline
 
     if settings.torch_threads:
@@ -60,11 +38,7 @@ def model_runtime(settings: WorkerSettings) -> Runtime:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     pipe = load_pipeline(settings.model, device=device, dtype=resolve_dtype(settings.dtype, device))
-    return Runtime(
-        engine_factory=lambda: BatchEngine(pipe, max_batch=settings.max_batch),
-        spec_factory=SampleSpec,
-        device=device,
-    )
+    return Backend(engine_factory=lambda: BatchEngine(pipe), device=device)
 
 
 def configure_logging(level: str) -> None:
@@ -75,17 +49,17 @@ def configure_logging(level: str) -> None:
     )
 
 
-def run_worker(settings: WorkerSettings, runtime_factory: RuntimeFactory = model_runtime) -> int:
+def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model_backend) -> int:
     """Run one worker process to completion and return its exit code."""
     metrics = WorkerMetrics(settings.model_name)
     metrics.max_batch.set(settings.max_batch)
     serve(settings.metrics_port)
     started = time.monotonic()
-    runtime = runtime_factory(settings)
+    backend = backend_factory(settings)
     metrics.model_load.set(time.monotonic() - started)
     log.info(
         "model_loaded model=%s path=%s device=%s seconds=%.3f max_batch=%d",
-        settings.model_name, settings.model, runtime.device, time.monotonic() - started,
+        settings.model_name, settings.model, backend.device, time.monotonic() - started,
         settings.max_batch,
     )  # fmt: skip
 
@@ -106,7 +80,7 @@ def run_worker(settings: WorkerSettings, runtime_factory: RuntimeFactory = model
     watchdog = Watchdog(
         settings.watchdog_seconds, busy=lambda: bool(loop_ref and loop_ref[0].busy())
     )
-    loop = BatchLoop(settings, runtime, bridge, store, metrics, touch=watchdog.touch)
+    loop = BatchLoop(settings, backend, bridge, store, metrics, touch=watchdog.touch)
     loop_ref.append(loop)
     loop.install_signal_handlers()
     bridge.register()
@@ -115,7 +89,7 @@ def run_worker(settings: WorkerSettings, runtime_factory: RuntimeFactory = model
     watchdog.start()
     code = 1
     try:
-        code = loop.run()
+        code = loop.serve()
     except Exception:
         log.exception("worker loop gave up")
         try:
@@ -129,7 +103,7 @@ def run_worker(settings: WorkerSettings, runtime_factory: RuntimeFactory = model
             bridge.unregister()
         except Exception:
             log.warning("could not register worker death", exc_info=True)
-        metrics.record_memory(runtime.device)
+        metrics.record_memory(backend.device)
     log.info("worker exiting with code %d", code)
     return code
 

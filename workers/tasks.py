@@ -16,6 +16,9 @@ from rq import get_current_job
 
 from jobs.schema import JobError, JobStatus
 from jobs.store import JobStore
+from model.engine import BatchEngine
+from model.errors import Canceled
+from model.txt2img import txt2img as generate
 from workers.images import encode
 from workers.retire import classify
 from workers.settings import WorkerSettings
@@ -23,18 +26,14 @@ from workers.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
-class Canceled(Exception):
-    """Raised from the progress callback when the job's cancel flag is set."""
-
-
 @cache
-def _pipeline(model: str, device: str, dtype: str) -> Any:
-    """The resident pipeline of this process (loaded once, on first use)."""
+def _engine(model: str, device: str, dtype: str) -> BatchEngine:
+    """An engine over this process's resident pipeline (loaded once, on first use)."""
+    from model.devices import resolve_device, resolve_dtype
     from model.pipeline import load_pipeline
-    from workers.runner import resolve_device, resolve_dtype
 
     resolved = resolve_device(device)
-    return load_pipeline(model, device=resolved, dtype=resolve_dtype(dtype, resolved))
+    return BatchEngine(load_pipeline(model, resolved, resolve_dtype(dtype, resolved)))
 
 
 def _store(settings: WorkerSettings) -> JobStore:
@@ -53,15 +52,15 @@ def txt2img(job_id: str) -> dict[str, Any]:
         log.info("job %s skipped: canceled or expired before it started", job_id)
         return {"skipped": True}
     request = record.request
-    pipe = _pipeline(settings.model, settings.device, settings.dtype)
+    engine = _engine(settings.model, settings.device, settings.dtype)
     started = time.monotonic()
 
-    def on_step(step: int, total: int) -> None:
-        if store.report_progress({job_id: (step, total)}):
-            raise Canceled(job_id)
+    def on_step(step: int, total: int) -> bool:
+        return not store.report_progress({job_id: (step, total)})  # False cancels
 
     try:
-        images = pipe.txt2img(
+        images = generate(
+            engine,
             prompts=[request.prompt] * request.num_images,
             negative_prompts=[request.negative_prompt] * request.num_images,
             seeds=[request.seed + i for i in range(request.num_images)],

@@ -12,13 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from model.sampling.schedule import PREDICTION_TYPES, SamplingGrid
-
-
-class Denoiser(Protocol):
-    """D(x; sigma): the denoised estimate of VE latents x (B, C, h, w) at noise levels sigma."""
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+from model.sampling.schedule import PREDICTION_TYPES
 
 
 class Network(Protocol):
@@ -54,23 +48,23 @@ def denoised_from_output(
     raise ValueError(f"prediction_type={prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
-class NetworkDenoiser:
-    """Wraps ``net(x_in, t, context)`` and a SamplingGrid into a `Denoiser` (simple path)."""
+class Denoiser:
+    """D(x; sigma) = c_skip x + c_out F(c_in x; t) of an eps/v network (Karras et al. 2022, Eq. 7).
 
-    def __init__(
-        self, net: Network, grid: SamplingGrid, prediction_type: str, context: Any = None
-    ) -> None:
+    One call serves a heterogeneous batch: every row has its own sigma and UNet timestep t (the
+    sample's grid knows t exactly; deriving it from sigma would round it).
+    """
+
+    def __init__(self, network: Network, prediction_type: str) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type={prediction_type!r}; expected {PREDICTION_TYPES}")
-        self.net = net
-        self.grid = grid
+        self.network = network
         self.prediction_type = prediction_type
-        self.context = context
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)  # (1,) or (B,)
-        sigma = sigma.expand(x.shape[0])  # (B,)
-        t = self.grid.timestep_for(sigma).to(x.device)  # (B,)
-        x_in = x * per_sample(model_input_scale(sigma), x)  # (B, C, h, w) VP latent
-        output = self.net(x_in, t, self.context)
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, context: Any
+    ) -> torch.Tensor:
+        """x (B, C, h, w) VE latents, sigma (B,), t (B,) -> denoised (B, C, h, w) float32."""
+        x_in = x * per_sample(model_input_scale(sigma), x)  # (B, C, h, w) VP network input
+        output = self.network(x_in, t.to(x.device), context).float()
         return denoised_from_output(x, sigma, output, self.prediction_type)

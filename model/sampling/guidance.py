@@ -1,7 +1,9 @@
-"""Classifier-free guidance (Ho & Salimans 2022) on raw network outputs, one scale per sample.
+"""Classifier-free guidance (Ho & Salimans 2022) over a heterogeneous batch, one scale per sample.
 
-A sample with guidance_scale <= 1 is conditional only: it needs no unconditional row, and its output
-is the conditional output itself (bit for bit, whatever else shares the batch).
+The guider sees denoised estimates, not network outputs (sgm's split): D = D_u + s (D_c - D_u),
+which equals guiding eps or v because D is affine in the network output with per-sample
+coefficients. A sample with guidance_scale <= 1 is conditional only: it gets no unconditional row,
+and its result is its conditional estimate bit for bit, whatever else shares the batch.
 """
 
 from __future__ import annotations
@@ -10,57 +12,55 @@ from typing import Any
 
 import torch
 
-from model.sampling.denoiser import Network
+from model.sampling.denoiser import Denoiser
 
 
-def needs_uncond(guidance_scale: float | torch.Tensor) -> bool | torch.Tensor:
-    """Whether a sample (or each sample of a (B,) tensor) needs the unconditional row."""
+def needs_uncond(guidance_scale: torch.Tensor) -> torch.Tensor:
+    """Which samples (B,) bool need the unconditional row."""
     return guidance_scale > 1
 
 
-def apply_guidance(
-    cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: torch.Tensor
-) -> torch.Tensor:
-    """uncond + scale * (cond - uncond) per sample (B,); rows with scale <= 1 return cond as is."""
-    scale = guidance_scale.to(device=cond.device, dtype=cond.dtype)
-    scale = scale.reshape(-1, *([1] * (cond.ndim - 1)))  # (B, 1, 1, 1)
-    guided = uncond + scale * (cond - uncond)
-    return torch.where(needs_uncond(scale), guided, cond)
-
-
-def guided_batch(
-    x_in: torch.Tensor,
+def cfg_rows(
+    x: torch.Tensor,
+    sigma: torch.Tensor,
     t: torch.Tensor,
     context: torch.Tensor,
     uncond_context: torch.Tensor,
     guidance_scale: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Network inputs [all B conditional rows; unconditional rows of samples that need them]."""
-    mask = needs_uncond(guidance_scale).to(x_in.device)  # (B,) bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of one batched call: all B conditional rows, then the U unconditional rows of the
+    samples that need them; uncond_context holds just those U rows, in sample order."""
+    mask = needs_uncond(guidance_scale).to(x.device)  # (B,) bool
+    if int(mask.sum()) != len(uncond_context):
+        raise ValueError(f"{int(mask.sum())} guided samples but {len(uncond_context)} uncond rows")
     return (
-        torch.cat([x_in, x_in[mask]]),  # (B + U, C, h, w)
-        torch.cat([t, t[mask]]),  # (B + U,)
-        torch.cat([context, uncond_context[mask]]),  # (B + U, L, D)
+        torch.cat([x, x[mask]]),  # (B + U, C, h, w)
+        torch.cat([sigma, sigma[mask.to(sigma.device)]]),  # (B + U,)
+        torch.cat([t, t[mask.to(t.device)]]),  # (B + U,)
+        torch.cat([context, uncond_context]),  # (B + U, L, D)
     )
 
 
-def combine_guided(output: torch.Tensor, guidance_scale: torch.Tensor) -> torch.Tensor:
-    """Guided outputs (B, ...) from the network output of a `guided_batch` (B + U, ...)."""
-    mask = needs_uncond(guidance_scale).to(output.device)  # (B,) bool
-    cond = output[: len(mask)]
-    uncond = cond.clone()
-    uncond[mask] = output[len(mask) :]
-    return apply_guidance(cond, uncond, guidance_scale)
+def cfg_combine(denoised: torch.Tensor, guidance_scale: torch.Tensor) -> torch.Tensor:
+    """Guided estimates (B, ...) from the denoised rows (B + U, ...) of `cfg_rows`."""
+    mask = needs_uncond(guidance_scale).to(denoised.device)  # (B,) bool
+    cond = denoised[: len(mask)]  # (B, C, h, w)
+    uncond = denoised[len(mask) :]  # (U, C, h, w)
+    scale = guidance_scale.to(cond.device, cond.dtype)[mask].view(-1, 1, 1, 1)  # (U, 1, 1, 1)
+    guided = cond.clone()
+    guided[mask] = uncond + scale * (cond[mask] - uncond)
+    return guided
 
 
-class GuidedNetwork:
-    """A `Network` that applies classifier-free guidance in one batched call (simple path)."""
-
-    def __init__(self, net: Network, uncond_context: Any, guidance_scale: torch.Tensor) -> None:
-        self.net = net
-        self.uncond_context = uncond_context
-        self.guidance_scale = guidance_scale  # (B,)
-
-    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, context: Any) -> torch.Tensor:
-        batch = guided_batch(x_in, t, context, self.uncond_context, self.guidance_scale)
-        return combine_guided(self.net(*batch), self.guidance_scale)
+def guided_denoise(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    t: torch.Tensor,
+    context: Any,
+    uncond_context: Any,
+    guidance_scale: torch.Tensor,
+) -> torch.Tensor:
+    """One denoiser call for B samples with per-sample CFG: (B, C, h, w) guided estimates."""
+    rows = cfg_rows(x, sigma, t, context, uncond_context, guidance_scale)
+    return cfg_combine(denoiser(*rows), guidance_scale)

@@ -9,11 +9,8 @@ samples (different samplers, step counts, seeds) with one batched network call p
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any
 
 import torch
-
-from model.sampling.denoiser import Denoiser
 
 NoiseFn = Callable[[], torch.Tensor]
 SamplerGen = Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]
@@ -41,7 +38,6 @@ def ddim(
     noise: NoiseFn,
     eta: float = 0.0,
     sigmas_to: torch.Tensor | None = None,
-    **_: Any,
 ) -> SamplerGen:
     """Implements DDIM (Song et al. 2021, Eq. 12) in sigma space; eta = 0 is exactly Euler."""
     targets = sigmas[1:] if sigmas_to is None else sigmas_to  # (steps,)
@@ -63,7 +59,7 @@ def ddim(
     return x
 
 
-def plms(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) -> SamplerGen:
+def plms(x: torch.Tensor, sigmas: torch.Tensor) -> SamplerGen:
     """Implements PLMS (Liu et al. 2022) as in CompVis ``ldm/models/diffusion/plms.py``."""
     old_eps: list[torch.Tensor] = []  # eps = (x - D) / sigma, the VE ODE derivative
     for i in range(len(sigmas) - 1):
@@ -92,7 +88,7 @@ def plms(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) -> 
     return x
 
 
-def euler(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) -> SamplerGen:
+def euler(x: torch.Tensor, sigmas: torch.Tensor) -> SamplerGen:
     """Implements Algorithm 2 (Euler steps) from Karras et al. (2022)."""
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i]
@@ -101,21 +97,23 @@ def euler(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) ->
     return x
 
 
-def euler_a(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) -> SamplerGen:
-    """Ancestral sampling with Euler steps (k-diffusion ``sample_euler_ancestral``, eta 1)."""
+def euler_a(
+    x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, eta: float = 1.0
+) -> SamplerGen:
+    """Ancestral Euler steps (k-diffusion ``sample_euler_ancestral``); eta 0 is plain Euler."""
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i]
         # 1. Deterministic Euler step down to sigma_down.
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         d = (x - denoised) / sigmas[i]
         x = x + d * (sigma_down - sigmas[i])
         # 2. Fresh noise back up to sigmas[i + 1].
-        if sigmas[i + 1] > 0:
+        if sigmas[i + 1] > 0 and eta > 0:
             x = x + noise() * sigma_up
     return x
 
 
-def heun(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) -> SamplerGen:
+def heun(x: torch.Tensor, sigmas: torch.Tensor) -> SamplerGen:
     """Implements Algorithm 2 (Heun steps) from Karras et al. (2022)."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -134,7 +132,7 @@ def heun(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) -> 
     return x
 
 
-def dpmpp_2m(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any) -> SamplerGen:
+def dpmpp_2m(x: torch.Tensor, sigmas: torch.Tensor) -> SamplerGen:
     """Implements DPM-Solver++(2M) from Lu et al. (2022) (k-diffusion ``sample_dpmpp_2m``)."""
     old_denoised: torch.Tensor | None = None
     h_last: torch.Tensor | None = None
@@ -156,31 +154,3 @@ def dpmpp_2m(x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseFn, **_: Any)
         x = (sigma_next / sigma) * x - torch.expm1(-h) * denoised_d
         old_denoised, h_last = denoised, h
     return x
-
-
-SAMPLERS: dict[str, SamplerFn] = {
-    "ddim": ddim,
-    "plms": plms,
-    "euler": euler,
-    "euler_a": euler_a,
-    "heun": heun,
-    "dpmpp_2m": dpmpp_2m,
-}
-
-
-def run_sampler(
-    sampler_fn: SamplerFn,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    denoiser: Denoiser,
-    noise: NoiseFn,
-    **opts: Any,
-) -> torch.Tensor:
-    """Drives one sampler generator against ``denoiser(x, sigma) -> denoised`` to completion."""
-    gen = sampler_fn(x, sigmas, noise=noise, **opts)
-    try:
-        x_now, sigma = next(gen)
-        while True:
-            x_now, sigma = gen.send(denoiser(x_now, sigma))
-    except StopIteration as stop:
-        return stop.value

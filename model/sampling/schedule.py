@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -17,15 +17,9 @@ import torch
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
-# Which diffusers scheduler each sampler's grid reproduces (see `sampling_grid`).
-GRID_FAMILY = {
-    "ddim": "ddim",
-    "plms": "ddim",
-    "euler": "euler",
-    "euler_a": "euler",
-    "heun": "euler",
-    "dpmpp_2m": "dpm",
-}
+# The diffusers schedulers whose timestep grids `sampling_grid` reproduces (a sampler's family).
+DDIM_GRID, EULER_GRID, DPM_GRID = "DDIM", "EulerDiscrete", "DPMSolverMultistep"
+GRID_FAMILIES = (DDIM_GRID, EULER_GRID, DPM_GRID)
 # scheduler_config.json keys that change the schedule in ways this module does not implement.
 _UNSUPPORTED_KEYS = {"trained_betas": None, "rescale_betas_zero_snr": False}
 KARRAS_RHO = 7.0  # Karras et al. (2022), Eq. 5: rho = 7 "performs well"
@@ -112,15 +106,15 @@ def spaced_timesteps(config: ScheduleConfig, steps: int, family: str) -> np.ndar
     """The inference timesteps (steps,) each diffusers scheduler family picks for a spacing."""
     n_train, spacing = config.num_train_timesteps, config.timestep_spacing
     if spacing == "linspace":
-        if family == "euler":  # fractional; sigmas are interpolated
+        if family == EULER_GRID:  # fractional; sigmas are interpolated
             return np.linspace(0, n_train - 1, steps, dtype=np.float32)[::-1].copy()
-        if family == "dpm":  # steps + 1 points, drop t = 0
+        if family == DPM_GRID:  # steps + 1 points, drop t = 0
             return np.linspace(0, n_train - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
         return np.linspace(0, n_train - 1, steps).round()[::-1].astype(np.int64)
     if spacing == "leading":
-        ratio = n_train // (steps + 1 if family == "dpm" else steps)
+        ratio = n_train // (steps + 1 if family == DPM_GRID else steps)
         timesteps = (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64)
-        if family == "dpm":
+        if family == DPM_GRID:
             timesteps = timesteps + ratio
         return timesteps + config.steps_offset
     # trailing; [:steps] drops the spurious extra point np.arange yields for e.g. steps = 61
@@ -135,7 +129,8 @@ class SamplingGrid:
     timesteps: torch.Tensor  # (steps,) float32: UNet t for sigmas[:-1]
     init_noise_scale: float  # initial VE latent x = init_noise_scale * N(0, I)
     log_sigmas: torch.Tensor  # (T,) float32 log training sigmas, for `timestep_for` interpolation
-    sampler_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)  # pass to the sampler
+    # (steps,) DDIM's own targets t - T // steps where they are not the next grid sigma, else None
+    sigmas_to: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -153,29 +148,27 @@ class SamplingGrid:
 
 
 def sampling_grid(
-    config: ScheduleConfig, sampler: str, steps: int, karras: bool = False
+    config: ScheduleConfig, family: str, steps: int, karras: bool = False
 ) -> SamplingGrid:
-    """The grid diffusers' scheduler for `sampler` uses (see GRID_FAMILY), in VE sigma space.
+    """The grid a diffusers scheduler family uses (see GRID_FAMILIES), in VE sigma space.
 
-    ddim/plms: DDIMScheduler timesteps; the final sigma is that of alphas_cumprod[0] (0 if
-    set_alpha_to_one); ddim additionally gets `sigmas_to` (DDIM steps to t - T // steps, which for
-    linspace/trailing spacing is not the next grid timestep). plms uses the same timesteps as
-    CompVis PLMS (= DDIM leading with steps_offset 1) and always steps to the next grid sigma.
-    euler/euler_a/heun: Euler/HeunDiscreteScheduler. dpmpp_2m: DPMSolverMultistepScheduler.
-    karras=True: Karras sigmas as each scheduler's use_karras_sigmas (ddim/plms/euler_a use
-    EulerDiscreteScheduler's, which diffusers' DDIM/EulerAncestral lack).
+    DDIM_GRID: DDIMScheduler timesteps (also CompVis PLMS's: DDIM leading with steps_offset 1); the
+    final sigma is that of alphas_cumprod[0] (0 if set_alpha_to_one), and `sigmas_to` holds DDIM's
+    targets t - T // steps where they are not the next grid timestep (linspace/trailing spacing).
+    EULER_GRID: Euler/HeunDiscreteScheduler. DPM_GRID: DPMSolverMultistepScheduler.
+    karras=True: Karras sigmas as each scheduler's use_karras_sigmas (DDIM_GRID uses
+    EulerDiscreteScheduler's, which diffusers' DDIM lacks).
     """
-    if sampler not in GRID_FAMILY:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(GRID_FAMILY)}")
+    if family not in GRID_FAMILIES:
+        raise ValueError(f"unknown grid family {family!r}; expected one of {GRID_FAMILIES}")
     if not 1 <= steps <= config.num_train_timesteps:
         raise ValueError(f"steps={steps} must be in [1, {config.num_train_timesteps}]")
-    family = GRID_FAMILY[sampler]
     train = training_sigmas(config)  # (T,)
     train_np = train.numpy()
     log_sigmas = np.log(train_np)  # float32, as diffusers
     final = 0.0 if config.set_alpha_to_one else float(train[0])
-    kwargs: dict[str, torch.Tensor] = {}
-    if karras and family == "dpm":
+    sigmas_to_t: torch.Tensor | None = None
+    if karras and family == DPM_GRID:
         # DPMSolverMultistep: Karras over the full training range, timesteps rounded.
         sigmas = karras_sigmas(float(train_np[0]), float(train_np[-1]), steps)
         timesteps = sigma_to_t(sigmas, log_sigmas)
@@ -183,24 +176,24 @@ def sampling_grid(
             timesteps = timesteps.round()
         timesteps = timesteps.astype(np.int64)  # diffusers truncates the cosine ones
     else:
-        timesteps = spaced_timesteps(config, steps, "euler" if karras else family)
+        timesteps = spaced_timesteps(config, steps, EULER_GRID if karras else family)
         if timesteps.max() >= len(train_np):
             raise ValueError(f"steps={steps} with steps_offset={config.steps_offset} overflows")
         sigmas = np.interp(timesteps, np.arange(len(train_np)), train_np)  # float64
         if karras:  # Euler/Heun: Karras between the spaced grid's own extremes
             sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), steps)
             timesteps = sigma_to_t(sigmas, log_sigmas)
-    if family == "ddim" and not karras:
+    if family == DDIM_GRID and not karras:
         prev = timesteps - config.num_train_timesteps // steps
         sigmas_to = np.where(prev >= 0, train_np[prev.clip(min=0)], final).astype(np.float32)
-        if sampler == "ddim" and not np.array_equal(sigmas_to[:-1], sigmas[1:]):
-            kwargs["sigmas_to"] = torch.from_numpy(sigmas_to)
+        if not np.array_equal(sigmas_to[:-1], sigmas[1:]):
+            sigmas_to_t = torch.from_numpy(sigmas_to)
     else:
         final = 0.0
     sigmas_t = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
-    if family == "euler" and config.timestep_spacing != "leading":
+    if family == EULER_GRID and config.timestep_spacing != "leading":
         init_noise_scale = sigmas_t.max()
-    elif family == "euler":
+    elif family == EULER_GRID:
         init_noise_scale = (sigmas_t.max() ** 2 + 1) ** 0.5
     else:  # VP unit noise: x_vp = N(0, I) at sigmas[0]
         init_noise_scale = (sigmas_t[0] ** 2 + 1) ** 0.5
@@ -209,7 +202,7 @@ def sampling_grid(
         timesteps=torch.from_numpy(np.asarray(timesteps, dtype=np.float32).copy()),
         init_noise_scale=float(init_noise_scale),
         log_sigmas=torch.from_numpy(log_sigmas),
-        sampler_kwargs=kwargs,
+        sigmas_to=sigmas_to_t,
     )
 
 

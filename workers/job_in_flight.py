@@ -1,0 +1,67 @@
+"""One claimed job as the loop holds it: rq claim, request, its samples in the engine and done.
+
+The batching policy's `Slot` is derived from this record on demand, never kept beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from jobs.schema import ResolvedRequest
+from workers.batching import Slot, is_complete, job_progress
+from workers.rq_bridge import Claim
+
+if TYPE_CHECKING:
+    from model.engine import Sample
+
+
+@dataclass
+class JobInFlight:
+    """Everything the worker holds for one claimed job in this attempt."""
+
+    claim: Claim
+    request: ResolvedRequest
+    started: float = field(default_factory=time.monotonic)
+    timeout: float = 600.0
+    group: int | None = None  # isolation group after a batch failure; None = shares freely
+    cap: int | None = None  # most samples in the engine at once (OOM backoff)
+    active: dict[int, Sample] = field(default_factory=dict)  # image index -> denoising sample
+    finished: dict[int, Sample] = field(default_factory=dict)  # image index -> finished sample
+
+    @property
+    def job_id(self) -> str:
+        return self.claim.job.id
+
+    @property
+    def slot(self) -> Slot:
+        """The batching policy's view of this job, computed from the samples held."""
+        request = self.request
+        return Slot(
+            job_id=self.job_id,
+            width=request.width,
+            height=request.height,
+            steps=request.steps,
+            samples=request.num_images,
+            admitted=len(self.active) + len(self.finished),
+            active=len(self.active),
+            done=len(self.finished),
+            group=self.group,
+            cap=self.cap,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every image finished denoising: the job can be decoded and retired."""
+        return is_complete(self.slot)
+
+    def progress(self) -> tuple[int, int]:
+        """(step, total) in grid steps, averaged over the job's images."""
+        return job_progress(self.slot, [sample.steps_done for sample in self.active.values()])
+
+    def restart(self, group: int | None, cap: int | None) -> None:
+        """Forget this attempt's samples and rerun the job in an isolation group."""
+        self.active.clear()
+        self.finished.clear()
+        self.group, self.cap = group, cap
