@@ -10,8 +10,9 @@ persistence), `ldm-serve api` and one `ldm-serve worker` (CPU, float32). Then it
 terminal; GET the image} until --seconds have passed (or --requests have been served), samples the
 worker's /metrics and every process's CPU time, and stops the stack. Configurations, in this order:
 
-  (c) direct: `load_pipeline(model).txt2img(...)` in this process at batch --clients, same
-      request parameters (run before and after the service runs; median of all repeats);
+  (c) direct: `txt2img(BatchEngine(load_pipeline(model)), ...)` in this process at batch
+      --clients, same request parameters (run before and after the service runs; median of
+      all repeats);
   (a) batched: the service with LDM_MAX_BATCH=16 (continuous batching);
   (b) unbatched: the service with LDM_MAX_BATCH=1.
 

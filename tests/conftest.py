@@ -44,6 +44,14 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def fresh_db(self, db: int) -> str:
+        """URL of database `db`, emptied (a test module's private database)."""
+        import redis
+
+        url = f"redis://127.0.0.1:{self.port}/{db}"
+        redis.Redis.from_url(url).flushdb()
+        return url
+
     def start(self, *, appendonly: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:

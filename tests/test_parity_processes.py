@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from PIL import Image
 
 from tests.api_harness import ApiServer, serve
@@ -65,8 +64,7 @@ def test_cli_euler_a_eta_zero_is_euler_and_eta_one_is_not(tmp_path: Path) -> Non
 def stack(
     redis_server: RedisServer, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
+    url = redis_server.fresh_db(DB)
     worker = WorkerProcess(url, tiny_model, tmp_path_factory.mktemp("parity"), {}).start()
     try:
         yield from serve(url, {"LDM_MIN_SIZE": "32", "LDM_DEFAULT_SIZE": "32"})

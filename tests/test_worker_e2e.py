@@ -28,9 +28,7 @@ API_ENV = {"LDM_MIN_SIZE": "32", "LDM_DEFAULT_SIZE": "32", "LDM_MAX_IMAGES": "2"
 
 @pytest.fixture(scope="module")
 def url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return redis_server.fresh_db(DB)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,7 @@ DB = 5  # this module's database: its worker outlives single tests, so no per-te
 
 @pytest.fixture(scope="module")
 def url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return redis_server.fresh_db(DB)
 
 
 @pytest.fixture(scope="module")
