@@ -10,6 +10,7 @@ from types import FrameType
 from typing import cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisFull
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.schema import JobError, JobStatus, ResolvedRequest
@@ -20,10 +21,11 @@ from workers.backend import Backend
 from workers.job_in_flight import JobInFlight
 from workers.metrics import WorkerMetrics
 from workers.retire import Retirer, classify
-from workers.rq_bridge import Claim, RqBridge
+from workers.rq_bridge import Claim, InvalidPayload, RqBridge
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+REDIS_FULL_BACKOFF_S = 1.0  # no new claims for this long after Redis refused a write
 
 
 class BatchLoop:
@@ -50,6 +52,7 @@ class BatchLoop:
         self.next_group = 1
         self.stopping = False
         self.deadline = float("inf")
+        self.redis_full_until = 0.0  # Redis refused a write (maxmemory): claim nothing till then
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -87,9 +90,16 @@ class BatchLoop:
                     log.info("worker stopped")
                     return 0
                 if outage_since is not None:
+                    self.bridge.connection.ping()  # raises while Redis is still away
                     self.release_untracked()
                     outage_since = None
                 self.iterate()
+            except RedisFull as exc:  # never fatal: sampling goes on, endings wait their turn
+                log.warning("redis full (%s): no new jobs for %.0fs", exc, REDIS_FULL_BACKOFF_S)
+                self.redis_full_until = time.monotonic() + REDIS_FULL_BACKOFF_S
+                self.metrics.ready.set(0)
+                self.touch()
+                time.sleep(0.2)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 now = time.monotonic()
                 outage_since = outage_since or now
@@ -99,10 +109,20 @@ class BatchLoop:
                 self.touch()
                 time.sleep(1.0)
 
+    def ready(self) -> bool:
+        """Whether Redis takes our writes (no refused ending waits, no recent refusal)."""
+        return not self.retirer.writes and time.monotonic() >= self.redis_full_until
+
     def iterate(self) -> None:
-        """One round: claim jobs, admit samples, step once, retire, report progress."""
+        """One round: retry waiting endings, claim jobs, admit, step once, retire, report."""
+        writes = self.retirer.writes
+        writes.retry()
+        self.metrics.ready.set(1 if self.ready() else 0)
         self.fill()
         if len(self.engine) == 0:
+            if writes:  # nothing to sample: wait for the next retry instead of spinning
+                self.touch()
+                time.sleep(min(1.0, max(0.05, writes.seconds_to_next_try())))
             return
         active = len(self.engine)
         try:
@@ -128,7 +148,7 @@ class BatchLoop:
         while True:
             self.admit()
             if not batching.should_dequeue(
-                self.slots(), self.settings.max_batch, draining=self.stopping
+                self.slots(), self.settings.max_batch, draining=self.stopping or not self.ready()
             ):
                 return
             timeout = self.settings.idle_poll_seconds if not self.jobs else None
@@ -146,13 +166,12 @@ class BatchLoop:
         job_id = claim.job.id
         try:
             self.bridge.validate(claim)
-        except Exception as exc:
-            log.warning("job %s rejected: %s", job_id, exc)
-            self.store.finish(
-                job_id, JobStatus.failed, error=JobError(type="error", message=str(exc))
-            )
-            self.bridge.fail(claim, "error", str(exc))
-            self.metrics.job_ended("failed", "error")
+        except InvalidPayload as exc:
+            log.warning("job_failed job_id=%s reason=invalid-payload: %s", job_id, exc)
+            error = JobError(type="invalid-payload", message=str(exc))
+            self.store.finish(job_id, JobStatus.failed, error=error)
+            self.bridge.fail(claim, "invalid-payload", str(exc))
+            self.metrics.job_ended("failed", "invalid-payload")
             return
         record = self.store.start(job_id)
         if record is None:
@@ -232,9 +251,12 @@ class BatchLoop:
 
     def report_progress(self) -> None:
         """One round trip: write every running job's progress and learn which to stop."""
-        stop = self.store.report_progress(
-            {job_id: job.progress() for job_id, job in self.jobs.items()}
-        )
+        progress = {job_id: job.progress() for job_id, job in self.jobs.items()}
+        try:
+            stop = self.store.report_progress(progress)
+        except RedisFull:  # progress is best effort; cancel flags are read again next step
+            self.redis_full_until = time.monotonic() + REDIS_FULL_BACKOFF_S
+            stop = set()
         stop |= {job_id for job_id in self.jobs if self.bridge.stop_requested(job_id)}
         for job_id in stop:
             job = self.jobs.get(job_id)
@@ -275,7 +297,7 @@ class BatchLoop:
     def release_untracked(self) -> None:
         """After a Redis outage: hand back jobs rq thinks we hold but the loop lost mid-ending."""
         for job_id, claim in list(self.bridge.claims.items()):
-            if job_id not in self.jobs:
+            if job_id not in self.jobs and not self.retirer.writes.waiting(job_id):
                 log.warning("job_handed_back job_id=%s reason=redis_outage", job_id)
                 self.store.requeue(job_id)
                 self.bridge.hand_back(claim)

@@ -15,7 +15,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 OUTCOMES = ("succeeded", "failed", "canceled")
-FAILURE_REASONS = ("error", "nan", "oom", "timeout", "abandoned")
+FAILURE_REASONS = ("error", "nan", "oom", "timeout", "abandoned", "invalid-payload")
 
 
 class WorkerMetrics:
@@ -60,6 +60,13 @@ class WorkerMetrics:
             "ldm_worker_max_batch", "Configured batch capacity (samples).", labels,
             registry=registry,
         ).labels(model)  # fmt: skip
+        self.ready = Gauge(
+            "ldm_worker_ready",
+            "1 while Redis takes this worker's writes; 0 while job endings wait on a full Redis.",
+            labels,
+            registry=registry,
+        ).labels(model)
+        self.ready.set(1)
         self.model_load = Gauge(
             "ldm_worker_model_load_seconds", "Seconds the model took to load.", labels,
             registry=registry,

@@ -41,6 +41,16 @@ def model_backend(settings: WorkerSettings) -> Backend:
     return Backend(engine_factory=lambda: BatchEngine(pipe), device=device)
 
 
+def connect_redis(settings: WorkerSettings) -> Redis:
+    """A client that never blocks forever: a frozen Redis surfaces as a timeout (an outage)."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=5,
+        socket_timeout=settings.idle_poll_seconds + 10,  # longer than the idle BLMOVE wait
+        health_check_interval=30,
+    )
+
+
 def configure_logging(level: str) -> None:
     """One line per event: time, level, logger, key=value message."""
     logging.basicConfig(
@@ -63,7 +73,7 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
         settings.max_batch,
     )  # fmt: skip
 
-    connection = Redis.from_url(settings.redis_url)
+    connection = connect_redis(settings)
     store = JobStore(
         connection, result_ttl=settings.result_ttl, job_timeout=int(settings.job_timeout)
     )

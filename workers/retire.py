@@ -1,4 +1,8 @@
-"""Ending jobs: decode and store finished ones; fail or cancel the rest (record, rq, metrics)."""
+"""Ending jobs: decode and store finished ones; fail or cancel the rest (record, rq, metrics).
+
+Every ending is two writes, our record first, then rq's registries; both go through
+PendingWrites, so a full Redis delays an ending instead of losing it or killing the worker.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from jobs.store import JobStore
 from model.errors import NonFiniteOutput
 from workers.images import encode
 from workers.metrics import WorkerMetrics
+from workers.pending_writes import PendingWrites
 from workers.rq_bridge import RqBridge
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ class Retirer:
         self.bridge = bridge
         self.metrics = metrics
         self.model_name = model_name
+        self.writes = PendingWrites()  # endings a full Redis refused, retried in order
 
     def retire(self, engine: Engine, jobs: list[JobInFlight]) -> None:
         """Decode all finished jobs in one VAE batch; a job whose output is bad fails alone."""
@@ -72,39 +78,53 @@ class Retirer:
             return
         duration = time.monotonic() - job.started
         sampling_s = max(0.0, duration - decode_s)
-        stored = self.store.finish(
-            job_id, JobStatus.succeeded, images=encoded, sampling_s=sampling_s, decode_s=decode_s
-        )
-        if not stored:  # canceled or reconciled meanwhile: rq follows our record
-            log.info("job %s ended elsewhere before its images were stored", job_id)
-            self.bridge.cancel(job.claim)
-            self.metrics.job_ended("canceled")
-            return
-        self.bridge.succeed(job.claim, {"images": len(encoded)})
-        self.metrics.job_ended("succeeded")
-        self.metrics.images.inc(len(encoded))
-        self.metrics.job_duration.observe(duration)
-        log.info(
-            "job_succeeded job_id=%s images=%d steps=%d seconds=%.3f sampling_s=%.3f decode_s=%.3f",
-            job_id, len(encoded), job.request.steps, duration, sampling_s, decode_s,
-        )  # fmt: skip
+        stored: list[bool] = []  # the record write's verdict, for the registry write after it
+
+        def record() -> None:
+            stored.append(self.store.finish(job_id, JobStatus.succeeded, images=encoded,
+                                            sampling_s=sampling_s, decode_s=decode_s))  # fmt: skip
+
+        def registries() -> None:
+            if not stored[0]:  # canceled or reconciled meanwhile: rq follows our record
+                log.info("job %s ended elsewhere before its images were stored", job_id)
+                self.bridge.cancel(job.claim)
+                self.metrics.job_ended("canceled")
+                return
+            self.bridge.succeed(job.claim, {"images": len(encoded)})
+            self.metrics.job_ended("succeeded")
+            self.metrics.images.inc(len(encoded))
+            self.metrics.job_duration.observe(duration)
+            log.info(
+                "job_succeeded job_id=%s images=%d steps=%d seconds=%.3f sampling_s=%.3f "
+                "decode_s=%.3f", job_id, len(encoded), job.request.steps, duration, sampling_s,
+                decode_s,
+            )  # fmt: skip
+
+        self.writes.submit(job_id, record)
+        self.writes.submit(job_id, registries)
 
     def fail(self, job: JobInFlight, reason: str, message: str) -> None:
         """Fail a job for good with a stable reason."""
-        job_id = job.job_id
-        self.store.finish(job_id, JobStatus.failed, error=JobError(type=reason, message=message))
-        self.bridge.fail(job.claim, reason, message)
-        self.metrics.job_ended("failed", reason)
-        self.metrics.job_duration.observe(time.monotonic() - job.started)
-        log.warning("job_failed job_id=%s reason=%s message=%s", job_id, reason, message)
+        job_id, duration = job.job_id, time.monotonic() - job.started
+        error = JobError(type=reason, message=message)
+
+        def registries() -> None:
+            self.bridge.fail(job.claim, reason, message)
+            self.metrics.job_ended("failed", reason)
+            self.metrics.job_duration.observe(duration)
+            log.warning("job_failed job_id=%s reason=%s message=%s", job_id, reason, message)
+
+        self.writes.submit(job_id, lambda: self.store.finish(job_id, JobStatus.failed, error=error))
+        self.writes.submit(job_id, registries)
 
     def cancel(self, job: JobInFlight, step: int = 0) -> None:
         """Cancel a running job: record, rq's CanceledJobRegistry, metrics."""
-        job_id = job.job_id
-        self.store.finish(job_id, JobStatus.canceled)
-        self.bridge.cancel(job.claim)
-        self.metrics.job_ended("canceled")
-        log.info(
-            "job_canceled job_id=%s step=%d seconds=%.3f",
-            job_id, step, time.monotonic() - job.started,
-        )  # fmt: skip
+        job_id, duration = job.job_id, time.monotonic() - job.started
+
+        def registries() -> None:
+            self.bridge.cancel(job.claim)
+            self.metrics.job_ended("canceled")
+            log.info("job_canceled job_id=%s step=%d seconds=%.3f", job_id, step, duration)
+
+        self.writes.submit(job_id, lambda: self.store.finish(job_id, JobStatus.canceled))
+        self.writes.submit(job_id, registries)

@@ -25,7 +25,12 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, SimpleWorker
-from rq.exceptions import AbandonedJobError, DequeueTimeout, InvalidJobOperation
+from rq.exceptions import (
+    AbandonedJobError,
+    DequeueTimeout,
+    DeserializationError,
+    InvalidJobOperation,
+)
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -36,6 +41,10 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "workers.tasks.txt2img"
 AbandonedHandler = Callable[[str, bool], None]  # (job id, requeued) -> None
+
+
+class InvalidPayload(ValueError):
+    """A job's rq payload is not our task's JSON (garbage, another function): it fails alone."""
 
 
 class BatchWorker(SimpleWorker):
@@ -143,20 +152,28 @@ class RqBridge:
         """Mark a dequeued job started and take it out of the intermediate queue."""
         with self.lock:
             execution = self.worker.prepare_execution(job)
-            self.worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
             claim = Claim(job, execution)
             self.claims[job.id] = claim
+            try:
+                self.worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
+            except DeserializationError:
+                # rq decodes the payload for its process title only after the bookkeeping ran:
+                # the job is started and ours to fail; validate() says why.
+                log.warning("job %s has an undecodable payload", job.id)
             return claim
 
     def validate(self, claim: Claim) -> None:
-        """Raise unless the job carries our task (JSON-decoding its payload, never unpickling)."""
-        if claim.job.func_name != TASK_NAME:
-            raise ValueError(f"unexpected task {claim.job.func_name!r}; expected {TASK_NAME}")
+        """InvalidPayload unless the job carries our task (JSON-decoding it, never unpickling)."""
+        try:
+            func_name = claim.job.func_name
+        except DeserializationError as exc:
+            raise InvalidPayload(f"the job's payload could not be decoded: {exc}") from None
+        if func_name != TASK_NAME:
+            raise InvalidPayload(f"unexpected task {func_name!r}; expected {TASK_NAME}")
 
     def succeed(self, claim: Claim, result: dict[str, Any]) -> None:
         """Move a job to FinishedJobRegistry with a small JSON result."""
         with self.lock:
-            self.claims.pop(claim.job.id, None)
             job = claim.job
             job.ended_at = now()
             job._result = result
@@ -164,12 +181,11 @@ class RqBridge:
             self.worker.handle_job_success(
                 job, self.queue, self.queue.started_job_registry, claim.execution
             )
-            self._idle_if_empty()
+            self._release(claim)
 
     def fail(self, claim: Claim, reason: str, message: str) -> None:
         """Move a job to FailedJobRegistry for good: only a dead worker earns its retry."""
         with self.lock:
-            self.claims.pop(claim.job.id, None)
             job = claim.job
             job.ended_at = now()
             job.retries_left = 0  # Retry(max=1) is for abandoned jobs, not for our own verdicts
@@ -177,12 +193,11 @@ class RqBridge:
             self.worker.handle_job_failure(
                 job, self.queue, exc_string=exc_string, execution=claim.execution
             )
-            self._idle_if_empty()
+            self._release(claim)
 
     def cancel(self, claim: Claim) -> None:
         """Move a running job to CanceledJobRegistry and drop its execution."""
         with self.lock:
-            self.claims.pop(claim.job.id, None)
             with self.connection.pipeline() as pipeline:
                 self.worker.cleanup_execution(
                     claim.job, pipeline=pipeline, execution=claim.execution
@@ -192,7 +207,7 @@ class RqBridge:
                 claim.job.cancel()
             except InvalidJobOperation:
                 log.info("job %s was already canceled in rq", claim.job.id)
-            self._idle_if_empty()
+            self._release(claim)
 
     def hand_back(self, claim: Claim) -> None:
         """Return a started job to the front of its queue (graceful shutdown ran out of time)."""
@@ -223,6 +238,11 @@ class RqBridge:
     def stop_requested(self, job_id: str) -> bool:
         """Whether `rq job stop` (pubsub) asked to stop this job."""
         return job_id in self.worker.stop_requests
+
+    def _release(self, claim: Claim) -> None:
+        """Stop holding (and heartbeating) a job whose end rq has recorded."""
+        self.claims.pop(claim.job.id, None)
+        self._idle_if_empty()
 
     def _idle_if_empty(self) -> None:
         """rq shows the worker idle once it holds no jobs."""
