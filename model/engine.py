@@ -120,14 +120,29 @@ class BatchEngine:
         if sample in self.active:
             self.active.remove(sample)
 
-    @torch.inference_mode()
-    def step(self) -> list[Sample]:
-        """One guided denoiser call per (shape, context) group; returns the finished samples."""
+    def groups(self) -> dict[tuple, list[Sample]]:
+        """Samples by what must agree to share a UNet forward: latent shape, context length."""
         groups: dict[tuple, list[Sample]] = defaultdict(list)
         for sample in self.active:
             groups[sample.group_key()].append(sample)
-        for group in groups.values():
-            self._denoise(group)
+        return dict(groups)
+
+    def step_costs(self) -> dict[tuple, int]:
+        """Work of one step of each group: UNet rows (CFG doubles a row) x latent pixels."""
+        costs = {}
+        for key, group in self.groups().items():
+            rows = sum(2 if sample.uncond is not None else 1 for sample in group)
+            costs[key] = rows * group[0].pending[0].shape[-1] * group[0].pending[0].shape[-2]
+        return costs
+
+    @torch.inference_mode()
+    def step(self, key: tuple | None = None) -> list[Sample]:
+        """One guided denoiser call for group `key` (every group when None); returns the samples
+        that finished."""
+        groups = self.groups()
+        for group_key, group in groups.items():
+            if key is None or group_key == key:
+                self._denoise(group)
         finished = [sample for sample in self.active if sample.done]
         for sample in finished:
             self.remove(sample)

@@ -50,8 +50,16 @@ class FaultEngine:
     def decode(self, samples: list[Sample]) -> list[Image.Image]:
         return self.engine.decode(samples)
 
-    def step(self) -> list[Sample]:
-        prompts = [sample.spec.prompt for sample in self.engine.active]
+    def groups(self) -> dict[tuple, list[Sample]]:
+        return self.engine.groups()
+
+    def step_costs(self) -> dict[tuple, int]:
+        return self.engine.step_costs()
+
+    def step(self, key: tuple | None = None) -> list[Sample]:
+        groups = self.engine.groups()
+        stepped = [s for k, group in groups.items() if key in (None, k) for s in group]
+        prompts = [sample.spec.prompt for sample in stepped]
         time.sleep(self.step_sleep + (0.1 if any("FAULT_SLOW" in p for p in prompts) else 0.0))
         if any("FAULT_RAISE" in p for p in prompts):
             raise RuntimeError("injected failure")
@@ -67,7 +75,7 @@ class FaultEngine:
             if "FAULT_EXIT" in prompt and not marker.exists():
                 marker.touch()
                 os._exit(9)
-        finished = self.engine.step()
+        finished = self.engine.step(key)
         for sample in finished:
             if "FAULT_NAN" in sample.spec.prompt:
                 trajectory = sample.trajectory

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from workers.batching import (
     Admission,
     Slot,
@@ -16,13 +18,14 @@ from workers.batching import (
     should_dequeue,
     split_for_retry,
 )
+from workers.fair_share import FairStepper
 
 
-def slot(job_id: str, samples: int = 1, size: int = 64, **kw: int | None) -> Slot:
+def slot(job_id: str, samples: int = 1, size: int = 64, **kw: object) -> Slot:
     return Slot(job_id, size, size, 10, samples, **kw)  # type: ignore[arg-type]
 
 
-def test_empty_engine_admits_fifo_up_to_max_batch() -> None:
+def test_empty_engine_admits_in_claim_order_up_to_max_batch() -> None:
     slots = [slot("a", 3), slot("b", 3), slot("c", 3)]
     assert plan_admissions(slots, 8) == [
         Admission("a", 0, 3),
@@ -31,14 +34,32 @@ def test_empty_engine_admits_fifo_up_to_max_batch() -> None:
     ]
 
 
-def test_other_resolution_blocks_the_line_behind_it() -> None:
+def test_other_resolutions_join_at_once_instead_of_waiting_their_turn() -> None:
+    """No head-of-line blocking: a 128 px job runs beside a 64 px batch (the stepper shares)."""
     slots = [slot("a", 2, admitted=2, active=2), slot("b", 1, size=128), slot("c", 1)]
-    assert plan_admissions(slots, 8) == []  # c may not overtake b
-    slots[0] = replace(slots[0], active=0, done=2)
-    assert plan_admissions(slots, 8) == [Admission("b", 0, 1)]
+    assert plan_admissions(slots, 8) == [Admission("b", 0, 1), Admission("c", 0, 1)]
 
 
-def test_joins_running_batch_of_same_resolution() -> None:
+def test_room_goes_to_owners_in_turn_fewest_in_the_engine_first() -> None:
+    slots = [
+        slot("a1", 2, owner="A", admitted=2, active=2),
+        slot("a2", 2, owner="A"),
+        slot("a3", 2, owner="A"),
+        slot("b1", 1, owner="B"),
+        slot("b2", 1, owner="B"),
+    ]
+    # B holds nothing in the engine: it goes first although A's jobs were claimed earlier,
+    # and keeps the turn while it holds fewer samples than A.
+    assert plan_admissions(slots, 6) == [
+        Admission("b1", 0, 1),
+        Admission("b2", 0, 1),
+        Admission("a2", 0, 2),
+    ]
+    # Alone, A's backlog is admitted in claim order.
+    assert plan_admissions(slots[:3], 6) == [Admission("a2", 0, 2), Admission("a3", 0, 2)]
+
+
+def test_joins_running_batch_and_fills_room_only() -> None:
     slots = [slot("a", 2, admitted=2, active=2), slot("b", 4)]
     assert plan_admissions(slots, 4) == [Admission("b", 0, 2)]
     slots[1] = replace(slots[1], admitted=2, active=2)
@@ -47,11 +68,15 @@ def test_joins_running_batch_of_same_resolution() -> None:
     assert plan_admissions(slots, 4) == [Admission("b", 2, 2)]
 
 
-def test_isolation_groups_never_mix() -> None:
+def test_isolation_groups_run_alone() -> None:
     slots = [slot("a", 1, group=1), slot("b", 1, group=2), slot("c", 1)]
     assert plan_admissions(slots, 8) == [Admission("a", 0, 1)]
     slots[0] = replace(slots[0], admitted=1, active=1)
-    assert plan_admissions(slots, 8) == []
+    assert plan_admissions(slots, 8) == []  # b (another group) and c (shared) wait
+    running = [slot("x", 1, admitted=1, active=1), slot("y", 1, group=3), slot("z", 1)]
+    assert plan_admissions(running, 8) == []  # an isolated job waits: the engine drains for it
+    running[0] = replace(running[0], active=0, done=1)
+    assert plan_admissions(running, 8) == [Admission("y", 0, 1)]
 
 
 def test_cap_limits_samples_of_one_job() -> None:
@@ -61,14 +86,17 @@ def test_cap_limits_samples_of_one_job() -> None:
     assert plan_admissions(slots, 8) == []
 
 
-def test_should_dequeue_only_when_everything_claimed_runs_and_room_is_left() -> None:
+def test_claims_run_one_batch_ahead_at_most() -> None:
     assert should_dequeue([], 4)
     assert not should_dequeue([], 4, draining=True)
-    assert not should_dequeue([slot("a", 1)], 4)  # claimed but not yet admitted
+    assert should_dequeue([slot("a", 1)], 4)  # a small lookahead lets admission choose owners
+    assert not should_dequeue([slot("a", 4)], 4)  # a whole batch already waits
     running = slot("a", 2, admitted=2, active=2)
     assert should_dequeue([running], 4)
-    assert not should_dequeue([running, slot("b", 2, admitted=2, active=2)], 4)
-    assert running_samples([running]) == 2
+    full = [slot("a", 4, admitted=4, active=4), slot("b", 3)]
+    assert should_dequeue(full, 4)  # 4 running + 3 waiting < 8
+    assert not should_dequeue([*full, slot("c", 1)], 4)
+    assert running_samples(full) == 4
 
 
 def test_completion_and_progress() -> None:
@@ -93,3 +121,31 @@ def test_oom_of_one_job_halves_its_samples_before_failing() -> None:
     assert retry_plan(slots, ["a"], 3, oom=True) == {"a": (3, 2)}
     assert retry_plan(slots, ["a"], 3, oom=False) == {}
     assert backoff_cap(1) is None
+
+
+def test_fair_stepper_lets_a_cheap_group_through_between_expensive_steps() -> None:
+    stepper = FairStepper()
+    big, small = ("512",), ("64",)
+    assert stepper.choose({big: 64.0}) == big  # alone, the big group just runs
+    assert stepper.choose({big: 64.0}) == big
+    # A small group arrives: it runs its steps before the next expensive one...
+    order = [stepper.choose({big: 64.0, small: 1.0}) for _ in range(70)]
+    assert order[:10] == [small] * 10
+    # ...and over time each group gets an equal share of cost (device time), not of steps.
+    assert order.count(big) == 1 and order.count(small) == 69
+    spent = {big: 0.0, small: 0.0}
+    costs = {big: 64.0, small: 1.0}
+    for _ in range(2000):
+        chosen = stepper.choose(costs)
+        spent[chosen] += costs[chosen]
+    assert abs(spent[big] - spent[small]) <= 64.0
+
+
+def test_fair_stepper_gives_a_new_group_no_credit_for_idle_time() -> None:
+    stepper = FairStepper()
+    for _ in range(50):
+        stepper.choose({"a": 1.0})
+    order = [stepper.choose({"a": 1.0, "b": 1.0}) for _ in range(10)]
+    assert order.count("a") == 5 and order.count("b") == 5  # b does not get 50 steps in a row
+    with pytest.raises(ValueError):
+        stepper.choose({})

@@ -1,4 +1,4 @@
-"""Faults that reach the worker through Redis: a poison payload, a full Redis, a Redis gone for good.
+"""Faults reaching the worker through Redis: a poison payload, a full Redis, Redis gone for good.
 
 Each test runs real redis-server and worker processes; every accepted job must end terminal.
 """
@@ -10,7 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 from jobs.store import JobStore

@@ -6,6 +6,7 @@ order they were dequeued; each derived from a JobInFlight) and asks what to do n
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ class Slot:
     height: int
     steps: int
     samples: int  # num_images: each image is one sample in the batch
+    owner: str = ""  # API key owner: room in the engine goes to owners in turn
     admitted: int = 0  # samples handed to the engine in this attempt
     active: int = 0  # samples in the engine right now
     done: int = 0  # samples that finished denoising in this attempt
@@ -50,49 +52,55 @@ def running_samples(slots: Sequence[Slot]) -> int:
     return sum(slot.active for slot in slots)
 
 
-def _batch_key(slots: Sequence[Slot]) -> tuple[tuple[int, int], int | None] | None:
-    """(resolution, group) of the running batch, or None when the engine is empty."""
-    for slot in slots:
-        if slot.active:
-            return slot.resolution, slot.group
-    return None
+def _eligible(slots: Sequence[Slot]) -> list[Slot]:
+    """Jobs that may join now. Isolation groups (reruns after a failed batch) run alone: while
+    one runs only its group joins; while one waits the engine drains for it."""
+    running = {slot.group for slot in slots if slot.active}
+    isolated = next((g for g in running if g is not None), None)
+    if isolated is None:
+        waiting = [s.group for s in slots if s.waiting > 0 and s.group is not None]
+        if waiting and running:
+            return []
+        isolated = waiting[0] if waiting else None
+    return [slot for slot in slots if slot.group == isolated and slot.waiting > 0]
 
 
 def plan_admissions(slots: Sequence[Slot], max_batch: int) -> list[Admission]:
-    """Which waiting samples join the batch now, in FIFO order, without reordering jobs.
+    """Which waiting samples join the engine now (at most `max_batch` samples in it).
 
-    A job joins only if it has the running batch's resolution and isolation group; the first job
-    that cannot join blocks those behind it (no starvation of large or odd-sized requests).
+    Jobs of every resolution run side by side (workers/fair_share.py shares the device between
+    shape groups). Room goes to owners in turn, the owner with the fewest samples in the engine
+    first, each owner's jobs in claim order, so one key's backlog cannot crowd out another's.
     """
     room = max_batch - running_samples(slots)
-    key = _batch_key(slots)
-    plan: list[Admission] = []
+    in_engine = Counter({slot.owner: 0 for slot in slots})
     for slot in slots:
-        if slot.waiting <= 0:
-            continue
-        if room <= 0:
-            break
-        if key is None:
-            key = (slot.resolution, slot.group)
-        elif key != (slot.resolution, slot.group):
-            break
+        in_engine[slot.owner] += slot.active
+    queues: dict[str, deque[Slot]] = {}
+    for slot in _eligible(slots):
+        queues.setdefault(slot.owner, deque()).append(slot)
+    plan: list[Admission] = []
+    while room > 0 and queues:
+        owner = min(queues, key=lambda o: in_engine[o])  # ties: the earliest claim (dict order)
+        slot = queues[owner].popleft()
+        if not queues[owner]:
+            del queues[owner]
         cap = slot.cap if slot.cap is not None else slot.samples
         count = min(slot.waiting, room, cap - slot.active)
-        if count <= 0:
-            break
-        plan.append(Admission(slot.job_id, slot.admitted, count))
-        room -= count
+        if count > 0:
+            plan.append(Admission(slot.job_id, slot.admitted, count))
+            room -= count
+            in_engine[owner] += count
     return plan
 
 
 def should_dequeue(slots: Sequence[Slot], max_batch: int, *, draining: bool = False) -> bool:
-    """Whether to claim another queued job: only when every claimed sample is running and
-    the batch still has room (claimed-but-blocked jobs would otherwise pile up here)."""
+    """Whether to claim another queued job: while claimed samples (running and waiting) stay
+    under two batches, so admission can choose among owners without hoarding the queue."""
     if draining:
         return False
-    if any(slot.waiting > 0 for slot in slots):
-        return False
-    return running_samples(slots) < max_batch
+    waiting = sum(slot.waiting for slot in slots)
+    return running_samples(slots) + waiting < 2 * max_batch and waiting < max_batch
 
 
 def is_complete(slot: Slot) -> bool:

@@ -23,8 +23,9 @@ class JobInFlight:
 
     claim: Claim
     request: ResolvedRequest
-    started: float = field(default_factory=time.monotonic)
-    timeout: float = 600.0
+    owner: str = ""
+    started: float | None = None  # monotonic time its first sample entered the engine
+    timeout: float = 600.0  # from `started`: waiting for room does not count
     group: int | None = None  # isolation group after a batch failure; None = shares freely
     cap: int | None = None  # most samples in the engine at once (OOM backoff)
     active: dict[int, Sample] = field(default_factory=dict)  # image index -> denoising sample
@@ -44,6 +45,7 @@ class JobInFlight:
             height=request.height,
             steps=request.steps,
             samples=request.num_images,
+            owner=self.owner,
             admitted=len(self.active) + len(self.finished),
             active=len(self.active),
             done=len(self.finished),
@@ -59,6 +61,14 @@ class JobInFlight:
     def progress(self) -> tuple[int, int]:
         """(step, total) in grid steps, averaged over the job's images."""
         return job_progress(self.slot, [sample.steps_done for sample in self.active.values()])
+
+    def running_seconds(self) -> float:
+        """Seconds since its first sample entered the engine (0 while waiting)."""
+        return time.monotonic() - self.started if self.started is not None else 0.0
+
+    def overdue(self, now: float) -> bool:
+        """Running longer than its timeout (a job still waiting for room is never overdue)."""
+        return self.started is not None and now - self.started > self.timeout
 
     def restart(self, group: int | None, cap: int | None) -> None:
         """Forget this attempt's samples and rerun the job in an isolation group."""

@@ -18,6 +18,7 @@ from jobs.store import JobStore
 from model.engine import Sample, SampleSpec
 from workers import batching
 from workers.backend import Backend
+from workers.fair_share import FairStepper
 from workers.job_in_flight import JobInFlight
 from workers.metrics import WorkerMetrics
 from workers.retire import Retirer, classify
@@ -48,7 +49,8 @@ class BatchLoop:
         self.metrics = metrics
         self.touch = touch
         self.retirer = Retirer(store, bridge, metrics, settings.model_name)
-        self.jobs: dict[str, JobInFlight] = {}  # claim order: the batching policy's FIFO
+        self.jobs: dict[str, JobInFlight] = {}  # in claim order
+        self.stepper = FairStepper()  # which shape group steps next
         self.next_group = 1
         self.stopping = False
         self.deadline = float("inf")
@@ -124,15 +126,16 @@ class BatchLoop:
                 self.touch()
                 time.sleep(min(1.0, max(0.05, writes.seconds_to_next_try())))
             return
-        active = len(self.engine)
         try:
-            finished = self.engine.step()
+            group = self.stepper.choose(self.engine.step_costs())
+            rows = len(self.engine.groups()[group])
+            finished = self.engine.step(group)
         except Exception as exc:
             self.on_step_failure(exc)
             return
         self.touch()
-        self.metrics.batch_size.observe(active)
-        self.metrics.denoising_steps.inc(active)
+        self.metrics.batch_size.observe(rows)
+        self.metrics.denoising_steps.inc(rows)
         for handle in finished:
             self.on_sample_done(handle)
         self.retire_complete()
@@ -173,28 +176,42 @@ class BatchLoop:
             self.bridge.fail(claim, "invalid-payload", str(exc))
             self.metrics.job_ended("failed", "invalid-payload")
             return
-        record = self.store.start(job_id)
-        if record is None:
-            log.info("job %s skipped: canceled or expired before it started", job_id)
+        record = self.store.get(job_id)
+        if record is None or record.status.terminal:
+            log.info("job %s skipped: canceled or expired before it was claimed", job_id)
             self.bridge.cancel(claim)
             return
-        request = record.request
         timeout = self.settings.job_timeout
         if claim.job.timeout and claim.job.timeout > 0:
             timeout = min(timeout, float(claim.job.timeout))
-        self.jobs[job_id] = JobInFlight(claim, request, timeout=timeout)
+        # The record stays `queued` until a sample enters the engine (`start`).
+        self.jobs[job_id] = JobInFlight(claim, record.request, record.owner, timeout=timeout)
+
+    def start(self, job: JobInFlight) -> bool:
+        """Mark a job running as its first sample enters the engine; False if it ended."""
+        record = self.store.start(job.job_id)
+        if record is None:
+            log.info("job %s skipped: canceled or expired before it started", job.job_id)
+            self._forget(job)
+            self.bridge.cancel(job.claim)
+            return False
+        job.started = time.monotonic()
         if record.queue_wait_s is not None:
             self.metrics.queue_wait.observe(record.queue_wait_s)
+        request = record.request
         log.info(
-            "job_started job_id=%s attempt=%d size=%dx%d steps=%d images=%d sampler=%s",
-            job_id, record.attempts, request.width, request.height, request.steps,
-            request.num_images, request.sampler.value,
+            "job_started job_id=%s attempt=%d size=%dx%d steps=%d images=%d sampler=%s "
+            "queue_wait_s=%.3f", job.job_id, record.attempts, request.width, request.height,
+            request.steps, request.num_images, request.sampler.value, record.queue_wait_s or 0.0,
         )  # fmt: skip
+        return True
 
     def admit(self) -> None:
         """Hand waiting samples to the engine as the batching policy allows."""
         for admission in batching.plan_admissions(self.slots(), self.settings.max_batch):
             job = self.jobs[admission.job_id]
+            if job.started is None and not self.start(job):
+                continue
             try:
                 for index in range(admission.first, admission.first + admission.count):
                     spec = sample_spec(job.request, index)
@@ -251,7 +268,8 @@ class BatchLoop:
 
     def report_progress(self) -> None:
         """One round trip: write every running job's progress and learn which to stop."""
-        progress = {job_id: job.progress() for job_id, job in self.jobs.items()}
+        progress = {job_id: job.progress() for job_id, job in self.jobs.items() if job.started}
+        # (a claimed job that waits for room is still `queued`: `start` will see a cancel)
         try:
             stop = self.store.report_progress(progress)
         except RedisFull:  # progress is best effort; cancel flags are read again next step
@@ -267,7 +285,7 @@ class BatchLoop:
         """Fail jobs running longer than their timeout (checked between steps)."""
         now = time.monotonic()
         for job in list(self.jobs.values()):
-            if now - job.started > job.timeout:
+            if job.overdue(now):
                 self._drop_from_engine(job)
                 self.end_failed(job, "timeout", f"job exceeded its {job.timeout:g}s timeout")
 

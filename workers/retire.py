@@ -76,7 +76,7 @@ class Retirer:
         except Exception as exc:
             self.fail(job, "error", f"encoding failed: {exc}")
             return
-        duration = time.monotonic() - job.started
+        duration = job.running_seconds()
         sampling_s = max(0.0, duration - decode_s)
         stored: list[bool] = []  # the record write's verdict, for the registry write after it
 
@@ -105,7 +105,7 @@ class Retirer:
 
     def fail(self, job: JobInFlight, reason: str, message: str) -> None:
         """Fail a job for good with a stable reason."""
-        job_id, duration = job.job_id, time.monotonic() - job.started
+        job_id, duration = job.job_id, job.running_seconds()
         error = JobError(type=reason, message=message)
 
         def registries() -> None:
@@ -119,7 +119,7 @@ class Retirer:
 
     def cancel(self, job: JobInFlight, step: int = 0) -> None:
         """Cancel a running job: record, rq's CanceledJobRegistry, metrics."""
-        job_id, duration = job.job_id, time.monotonic() - job.started
+        job_id, duration = job.job_id, job.running_seconds()
 
         def registries() -> None:
             self.bridge.cancel(job.claim)
