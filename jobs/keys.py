@@ -45,3 +45,8 @@ def rate_limit(owner: str) -> str:
 def active_jobs(owner: str) -> str:
     """Sorted set of one owner's queued/running job ids (the concurrency quota, jobs/quota.py)."""
     return f"{PREFIX}active:{owner}"
+
+
+def active_cost(owner: str) -> str:
+    """Hash job id -> cost (pixel-steps) of the owner's queued and running jobs (jobs/quota.py)."""
+    return f"{PREFIX}active-cost:{owner}"

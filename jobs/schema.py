@@ -186,6 +186,11 @@ class ResolvedRequest(BaseModel):
     output_format: OutputFormat = OutputFormat.png
     model: str
 
+    @property
+    def cost(self) -> int:
+        """Work in pixel-steps: width x height x steps x images (what LDM_MAX_COST bounds)."""
+        return self.width * self.height * self.steps * self.num_images
+
 
 class JobError(BaseModel):
     """Why a job failed: stable `type` (error, nan, oom, timeout, abandoned) and a message."""

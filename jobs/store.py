@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -25,7 +27,7 @@ from rq.serializers import JSONSerializer
 from rq.worker_registration import get_keys as worker_keys
 
 from jobs import keys
-from jobs.quota import ActiveJobs, ActiveLimitError
+from jobs.quota import ActiveJobs
 from jobs.schema import JobError, JobRecord, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ TOMBSTONE_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
 # rq re-runs a job whose worker died this many times (then fails it as abandoned).
 RETRIES = 1
+ENQUEUE_ATTEMPTS = 50  # optimistic depth-checked enqueues before answering "full, retry later"
 # Slack for rq noticing a dead worker (maintenance every 600 s) before it requeues or fails a job.
 ABANDON_DETECTION_S = 3600
 
@@ -123,39 +126,63 @@ class JobStore:
     # --- API side -------------------------------------------------------------------------------
 
     def create(
-        self, record: JobRecord, *, max_queue: int | None = None, max_active: int = 0
+        self,
+        record: JobRecord,
+        *,
+        max_queue: int | None = None,
+        max_active: int = 0,
+        cost_budget: int = 0,
     ) -> None:
-        """Save a queued record and enqueue its rq job in one MULTI/EXEC; QueueFullError if full,
-        ActiveLimitError if the owner has `max_active` jobs queued or running (0: no quota)."""
+        """Save a queued record and enqueue its rq job in one MULTI/EXEC, the queue's depth checked
+        inside it (WATCH): QueueFullError if full; ActiveLimitError / CostLimitError if the owner
+        has `max_active` jobs queued or running or their cost would pass `cost_budget` (0: off)."""
         queue = self.queue(record.request.model)
-        if max_queue is not None and queue.count >= max_queue:
-            raise QueueFullError(record.request.model, max_queue)
-        if max_active > 0 and not self.active.reserve(record.owner, record.id, max_active):
-            raise ActiveLimitError(max_active)
-        request = record.request
+        if max_active > 0:
+            self.active.reserve(record.owner, record.id, max_active, record.request.cost,
+                                cost_budget)  # fmt: skip
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
-                pipe.hset(keys.job(record.id), mapping=cast("Mapping[Any, Any]", record.to_hash()))
-                queue.enqueue_call(
-                    keys.TXT2IMG_FUNCTION,
-                    args=(record.id,),
-                    job_id=record.id,
-                    timeout=self.job_timeout,
-                    ttl=self.queue_ttl,
-                    result_ttl=self.result_ttl,
-                    failure_ttl=FAILURE_TTL_S,
-                    retry=Retry(max=RETRIES),
-                    description=f"txt2img {request.width}x{request.height} steps={request.steps}",
-                    pipeline=pipe,
-                )
-                if max_active > 0:
-                    self.active.confirm(pipe, record.owner, record.id)
-                pipe.execute()
+            self._enqueue(queue, record, max_queue, quota=max_active > 0)
         except Exception:
             if max_active > 0:
                 self.active.release(record.owner, record.id)
             raise
+
+    def _enqueue(self, queue: Queue, record: JobRecord, max_queue: int | None, quota: bool) -> None:
+        """The record and its rq job in one transaction that fails if the queue grew past
+        `max_queue` meanwhile (optimistic: retried while other enqueues and dequeues race it)."""
+        for _ in range(ENQUEUE_ATTEMPTS):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    if max_queue is not None:
+                        pipe.watch(queue.key)
+                        if pipe.llen(queue.key) >= max_queue:
+                            raise QueueFullError(record.request.model, max_queue)
+                    pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
+                    self._write_new_job(pipe, queue, record, quota)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue  # the queue changed between the check and EXEC: check again
+        raise QueueFullError(record.request.model, max_queue or 0)  # too contended: back off
+
+    def _write_new_job(self, pipe: Pipeline, queue: Queue, record: JobRecord, quota: bool) -> None:
+        """Queue the record, the rq job (Retry once, TTLs) and the quota confirmation on `pipe`."""
+        request = record.request
+        pipe.hset(keys.job(record.id), mapping=cast("Mapping[Any, Any]", record.to_hash()))
+        queue.enqueue_call(
+            keys.TXT2IMG_FUNCTION,
+            args=(record.id,),
+            job_id=record.id,
+            timeout=self.job_timeout,
+            ttl=self.queue_ttl,
+            result_ttl=self.result_ttl,
+            failure_ttl=FAILURE_TTL_S,
+            retry=Retry(max=RETRIES),
+            description=f"txt2img {request.width}x{request.height} steps={request.steps}",
+            pipeline=pipe,
+        )
+        if quota:
+            self.active.confirm(pipe, record.owner, record.id)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None when unknown or expired."""

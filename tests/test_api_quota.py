@@ -14,7 +14,7 @@ from rq.job import JobStatus as RqStatus
 from rq.serializers import JSONSerializer
 
 from jobs import keys
-from jobs.quota import RESERVATION_GRACE_S, ActiveLimitError
+from jobs.quota import RESERVATION_GRACE_S, ActiveLimitError, CostLimitError
 from jobs.schema import JobStatus
 from jobs.store import JobStore
 from service.auth import owner_id
@@ -160,7 +160,7 @@ def test_admission_prunes_jobs_that_ended_or_vanished(store: JobStore) -> None:
 
 def test_reservations_count_until_their_grace_runs_out(store: JobStore) -> None:
     active = keys.active_jobs("owner-1")
-    assert store.active.reserve("owner-1", "in-flight", limit=1)  # record not written yet
+    store.active.reserve("owner-1", "in-flight", limit=1)  # record not written yet
     with pytest.raises(ActiveLimitError):
         store.create(queued("next"), max_active=1)
     now = store.redis.time()[0]
@@ -168,3 +168,39 @@ def test_reservations_count_until_their_grace_runs_out(store: JobStore) -> None:
     store.create(queued("next"), max_active=1)
     assert [m.decode() for m in store.redis.zrange(active, 0, -1)] == ["next"]
     assert store.redis.zscore(active, "next") == 0, "confirmed with the record's MULTI"
+
+
+def test_cost_budget_refuses_what_would_pass_it_and_frees_as_jobs_end(store: JobStore) -> None:
+    """Per-key in-flight cost (pixel-steps): concurrent jobs add up; one job alone always fits."""
+    cost = queued("probe").request.cost
+    budget = 2 * cost
+    store.create(queued("c1"), max_active=32, cost_budget=budget)
+    store.create(queued("c2"), max_active=32, cost_budget=budget)
+    with pytest.raises(CostLimitError):
+        store.create(queued("c3"), max_active=32, cost_budget=budget)
+    assert store.get("c3") is None  # nothing was written for the refused job
+    assert store.request_cancel("c1") is JobStatus.canceled
+    store.create(queued("c3"), max_active=32, cost_budget=budget)
+    costs = store.redis.hgetall(keys.active_cost("owner-1"))
+    assert {k.decode(): int(v) for k, v in costs.items()} == {"c2": cost, "c3": cost}
+    alone = queued("alone").model_copy(update={"owner": "owner-2"})
+    store.create(alone, max_active=32, cost_budget=cost // 2)  # a job alone always fits
+
+
+def test_queue_depth_is_checked_atomically_with_the_enqueue(store: JobStore) -> None:
+    """64 threads race for the last places of a queue of 20: exactly 20 get in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs.store import QueueFullError
+
+    def attempt(i: int) -> bool:
+        try:
+            store.create(queued(f"race-{i}"), max_queue=20)
+        except QueueFullError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(attempt, range(64)))
+    assert sum(results) == 20
+    assert store.queue("default").count == 20
