@@ -182,13 +182,18 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * noise
+        """mean + std * N(0, I), drawn where `generator` lives (as diffusers' randn_tensor)."""
+        device = generator.device if generator is not None else self.mean.device
+        shape, dtype = self.mean.shape, self.mean.dtype
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return self.mean + self.std * noise.to(self.mean.device)
 
     def mode(self) -> torch.Tensor:
         return self.mean
+
+    def __getitem__(self, rows: slice) -> DiagonalGaussian:
+        """The posterior of some rows of the batch."""
+        return DiagonalGaussian(torch.cat([self.mean[rows], self.logvar[rows]], dim=1))
 
     def kl(self) -> torch.Tensor:
         """KL(q || N(0, I)) per sample, summed over latent dimensions."""

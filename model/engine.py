@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -36,6 +36,19 @@ class SampleSpec:
     sampler: str = DEFAULT_SAMPLER
     eta: float | None = None  # None: the sampler's default (registry)
     karras: bool = False
+    # Image-to-image (SDEdit): start from this image noised to the step `strength` selects,
+    # running steps x strength of the schedule (as diffusers' img2img pipeline).
+    init_image: Image.Image | None = field(default=None, compare=False)
+    strength: float = 1.0
+
+    def first_step(self) -> int:
+        """Index of the grid step sampling starts at (0 for text-to-image)."""
+        if self.init_image is None:
+            return 0
+        run = min(int(self.steps * self.strength), self.steps)  # diffusers' get_timesteps
+        if run < 1:
+            raise ValueError(f"strength {self.strength} x steps {self.steps} runs no step")
+        return self.steps - run
 
 
 class Sample:
@@ -98,14 +111,21 @@ class BatchEngine:
         f = p.downsampling_factor
         if spec.width % f or spec.height % f:
             raise ValueError(f"width and height must be multiples of {f}")
-        grid = entry.grid(p.components.schedule, spec.steps, spec.karras)
+        grid = entry.grid(p.components.schedule, spec.steps, spec.karras).tail(spec.first_step())
         generator = torch.Generator("cpu").manual_seed(spec.seed)
         shape = (1, p.latent_channels, spec.height // f, spec.width // f)
-        x = torch.randn(shape, generator=generator, dtype=torch.float32)  # (1, C, h, w)
-        x = (x * grid.init_noise_scale).to(p.device)
 
         def noise() -> torch.Tensor:
             return torch.randn(shape, generator=generator, dtype=torch.float32).to(p.device)
+
+        if spec.init_image is None:
+            x = noise() * grid.init_noise_scale  # (1, C, h, w) VE latent at sigmas[0]
+        else:
+            size = (spec.width, spec.height)
+            if spec.init_image.size != size:
+                raise ValueError(f"init image is {spec.init_image.size}, expected {size}")
+            z0 = p.encode_image(spec.init_image, generator)  # draws first, as diffusers
+            x = z0 + noise() * grid.sigmas[0]  # the forward process at the first step run
 
         if spec.guidance_scale > 1.0:
             cond, uncond = p.conditioner.encode_pair(spec.prompt, spec.negative_prompt)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from model.components import Components
 from model.conditioning import TextConditioner
@@ -70,6 +71,21 @@ class Pipeline:
         if len(x_in) > 1:
             return unet(x_in, t, context).float()
         return unet(x_in.repeat(2, 1, 1, 1), t.repeat(2), context.repeat(2, 1, 1))[:1].float()
+
+    @torch.inference_mode()
+    def encode_image(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        """An RGB image (W, H multiples of the VAE factor) -> scaled latent (1, C, h, w) float32,
+        sampled from the posterior with `generator` (its first draw, as diffusers does)."""
+        array = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0  # (H, W, 3)
+        pixels = torch.from_numpy(2.0 * array - 1.0).permute(2, 0, 1)[None]  # (1, 3, H, W)
+        vae = self.components.vae
+        param = next(vae.parameters())
+        pixels = pixels.to(param.device, param.dtype)
+        if self.device.type == "cpu":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        posterior = vae.encode(pixels.repeat(2, 1, 1, 1))[:1]  # never batch 1 (see `network`)
+        z = posterior.sample(generator)  # (1, C, h, w): one draw of the latent's shape
+        return (z.float() * self.latent_scale).to(self.device)
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:

@@ -38,9 +38,8 @@ def our_pipeline(path: Path):  # noqa: ANN201
     return load_pipeline(path)
 
 
-def diffusers_images(
-    path: Path, sampler: str, negative: str, seeds: list[int], eta: float = 0.0
-) -> np.ndarray:
+def scheduler_for(sampler: str, config: object) -> object:
+    """The diffusers scheduler our sampler reproduces, from a pipeline's scheduler config."""
     from diffusers import (
         DDIMScheduler,
         DPMSolverMultistepScheduler,
@@ -48,9 +47,7 @@ def diffusers_images(
         EulerDiscreteScheduler,
     )
 
-    pipe = reference_pipeline(path)
-    config = pipe.scheduler.config
-    pipe.scheduler = {
+    return {
         "ddim": lambda: DDIMScheduler.from_config(config),
         "euler": lambda: EulerDiscreteScheduler.from_config(config),
         "euler_a": lambda: EulerAncestralDiscreteScheduler.from_config(config),
@@ -58,6 +55,13 @@ def diffusers_images(
             config, algorithm_type="dpmsolver++", solver_order=2
         ),
     }[sampler]()
+
+
+def diffusers_images(
+    path: Path, sampler: str, negative: str, seeds: list[int], eta: float = 0.0
+) -> np.ndarray:
+    pipe = reference_pipeline(path)
+    pipe.scheduler = scheduler_for(sampler, pipe.scheduler.config)
     out = pipe(
         [PROMPT] * len(seeds),
         negative_prompt=[negative] * len(seeds) if negative else None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -135,6 +135,17 @@ class SamplingGrid:
     @property
     def steps(self) -> int:
         return len(self.timesteps)
+
+    def tail(self, start: int) -> SamplingGrid:
+        """The grid from step `start` on: where image-to-image enters (SDEdit, Meng et al. 2022)."""
+        if not 0 <= start < self.steps:
+            raise ValueError(f"start={start} must be in [0, {self.steps})")
+        return replace(
+            self,
+            sigmas=self.sigmas[start:],
+            timesteps=self.timesteps[start:],
+            sigmas_to=None if self.sigmas_to is None else self.sigmas_to[start:],
+        )
 
     def timestep_for(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """UNet t for sigma (any shape): exact for grid sigmas, else log-sigma interpolation."""
