@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from model.image_inputs import starting_point
 from model.pipeline import Pipeline
 from model.sampling.denoiser import Denoiser
 from model.sampling.guidance import guided_denoise
@@ -40,6 +41,8 @@ class SampleSpec:
     # running steps x strength of the schedule (as diffusers' img2img pipeline).
     init_image: Image.Image | None = field(default=None, compare=False)
     strength: float = 1.0
+    # Inpainting: white (or transparent) pixels of the mask are repainted, the rest kept.
+    mask_image: Image.Image | None = field(default=None, compare=False)
 
     def first_step(self) -> int:
         """Index of the grid step sampling starts at (0 for text-to-image)."""
@@ -61,9 +64,11 @@ class Sample:
         trajectory: Trajectory,
         cond: torch.Tensor,
         uncond: torch.Tensor | None,
+        concat: torch.Tensor | None = None,
     ) -> None:
         self.spec, self.tag, self.trajectory = spec, tag, trajectory
         self.cond, self.uncond = cond, uncond  # (1, L, D) each; uncond only when guided
+        self.concat = concat  # (1, C', h, w) channels beside x on every call (inpainting models)
 
     @property
     def done(self) -> bool:
@@ -118,20 +123,20 @@ class BatchEngine:
         def noise() -> torch.Tensor:
             return torch.randn(shape, generator=generator, dtype=torch.float32).to(p.device)
 
-        if spec.init_image is None:
-            x = noise() * grid.init_noise_scale  # (1, C, h, w) VE latent at sigmas[0]
-        else:
-            size = (spec.width, spec.height)
-            if spec.init_image.size != size:
-                raise ValueError(f"init image is {spec.init_image.size}, expected {size}")
-            z0 = p.encode_image(spec.init_image, generator)  # draws first, as diffusers
-            x = z0 + noise() * grid.sigmas[0]  # the forward process at the first step run
+        size = (spec.width, spec.height)
+        if spec.init_image is not None and spec.init_image.size != size:
+            raise ValueError(f"init image is {spec.init_image.size}, expected {size}")
+        if spec.mask_image is not None and spec.init_image is None:
+            raise ValueError("a mask needs an init image")
+        start = starting_point(p, grid, noise, generator, spec.init_image, spec.mask_image,
+                               full_strength=spec.strength >= 1.0)  # fmt: skip
 
         if spec.guidance_scale > 1.0:
             cond, uncond = p.conditioner.encode_pair(spec.prompt, spec.negative_prompt)
         else:
             cond, uncond = p.conditioner.encode(spec.prompt), None
-        sample = Sample(spec, tag, Trajectory(entry, x, grid, noise, spec.eta), cond, uncond)
+        trajectory = Trajectory(entry, start.x, grid, noise, spec.eta, start.known)
+        sample = Sample(spec, tag, trajectory, cond, uncond, start.concat)
         self.active.append(sample)
         return sample
 
@@ -184,7 +189,11 @@ class BatchEngine:
         uncond_context = torch.cat(
             [context[:0], *(s.uncond for s in group if s.uncond is not None)]
         )  # (U, L, D)
-        denoised = guided_denoise(self.denoiser, x, sigma, t, context, uncond_context, scale)
+        concats = [s.concat for s in group if s.concat is not None]
+        concat = torch.cat(concats) if concats else None  # (B, C', h, w): all or none (model)
+        denoised = guided_denoise(
+            self.denoiser, x, sigma, t, context, uncond_context, scale, concat
+        )
         for i, sample in enumerate(group):
             sample.trajectory.advance(denoised[i : i + 1])
 

@@ -54,7 +54,13 @@ class Pipeline:
 
     @property
     def latent_channels(self) -> int:
-        return self.components.unet.config.in_channels
+        return self.components.vae.config.latent_channels
+
+    @property
+    def concat_channels(self) -> int:
+        """UNet input channels beyond the latent: 5 for inpainting models (mask + masked-image
+        latent, LDM Sec. 3.3's concatenation), 0 for text-to-image ones."""
+        return self.components.unet.config.in_channels - self.latent_channels
 
     @property
     def prediction_type(self) -> str:
@@ -73,19 +79,16 @@ class Pipeline:
         return unet(x_in.repeat(2, 1, 1, 1), t.repeat(2), context.repeat(2, 1, 1))[:1].float()
 
     @torch.inference_mode()
-    def encode_image(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
-        """An RGB image (W, H multiples of the VAE factor) -> scaled latent (1, C, h, w) float32,
-        sampled from the posterior with `generator` (its first draw, as diffusers does)."""
-        array = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0  # (H, W, 3)
-        pixels = torch.from_numpy(2.0 * array - 1.0).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Pixels (1, 3, H, W) in [-1, 1] -> scaled latent (1, C, h, w) float32, sampled from the
+        posterior with `generator` (one draw of the latent's shape, as diffusers)."""
         vae = self.components.vae
         param = next(vae.parameters())
         pixels = pixels.to(param.device, param.dtype)
         if self.device.type == "cpu":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         posterior = vae.encode(pixels.repeat(2, 1, 1, 1))[:1]  # never batch 1 (see `network`)
-        z = posterior.sample(generator)  # (1, C, h, w): one draw of the latent's shape
-        return (z.float() * self.latent_scale).to(self.device)
+        return (posterior.sample(generator).float() * self.latent_scale).to(self.device)
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
@@ -140,6 +143,12 @@ def load_pipeline(
         raise CheckpointError(f"{path}: not a diffusers folder or a checkpoint file")
     log.info("loaded %s on %s (%s)", path, device, dtype)
     return Pipeline(components, device, dtype, clip_skip)
+
+
+def to_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image -> (1, 3, H, W) float32 in [-1, 1], as diffusers' image processor."""
+    array = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0  # (H, W, 3)
+    return torch.from_numpy(2.0 * array - 1.0).permute(2, 0, 1)[None]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

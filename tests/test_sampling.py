@@ -296,7 +296,8 @@ def test_guidance_per_sample() -> None:
     context, uncond_all = torch.randn(2, 4, 5, 6, generator=generator)  # (B, L, D) each
     uncond_context = uncond_all[[0, 3]]  # only the guided samples' rows
     rows = cfg_rows(x, sigma, t, context, uncond_context, scale)
-    assert [r.shape[0] for r in rows] == [6, 6, 6, 6]  # 4 cond rows + 2 uncond rows
+    assert [r.shape[0] for r in rows[:4]] == [6, 6, 6, 6]  # 4 cond rows + 2 uncond rows
+    assert rows[4] is None  # no concatenated channels for a text-to-image model
     cond = denoiser(x, sigma, t, context)
     uncond = denoiser(x, sigma, t, uncond_all)
     guided = guided_denoise(denoiser, x, sigma, t, context, uncond_context, scale)

@@ -62,9 +62,17 @@ class Denoiser:
         self.prediction_type = prediction_type
 
     def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, context: Any
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        t: torch.Tensor,
+        context: Any,
+        concat: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, C, h, w) VE latents, sigma (B,), t (B,) -> denoised (B, C, h, w) float32."""
+        """x (B, C, h, w) VE latents, sigma (B,), t (B,) -> denoised (B, C, h, w) float32;
+        `concat` (B, C', h, w) joins the scaled input unscaled (LDM's concat conditioning)."""
         x_in = x * per_sample(model_input_scale(sigma), x)  # (B, C, h, w) VP network input
+        if concat is not None:
+            x_in = torch.cat([x_in, concat], dim=1)  # (B, C + C', h, w)
         output = self.network(x_in, t.to(x.device), context).float()
         return denoised_from_output(x, sigma, output, self.prediction_type)

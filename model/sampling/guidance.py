@@ -27,7 +27,8 @@ def cfg_rows(
     context: torch.Tensor,
     uncond_context: torch.Tensor,
     guidance_scale: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    concat: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Rows of one batched call: all B conditional rows, then the U unconditional rows of the
     samples that need them; uncond_context holds just those U rows, in sample order."""
     mask = needs_uncond(guidance_scale).to(x.device)  # (B,) bool
@@ -38,6 +39,7 @@ def cfg_rows(
         torch.cat([sigma, sigma[mask.to(sigma.device)]]),  # (B + U,)
         torch.cat([t, t[mask.to(t.device)]]),  # (B + U,)
         torch.cat([context, uncond_context]),  # (B + U, L, D)
+        None if concat is None else torch.cat([concat, concat[mask]]),  # (B + U, C', h, w)
     )
 
 
@@ -60,7 +62,8 @@ def guided_denoise(
     context: Any,
     uncond_context: Any,
     guidance_scale: torch.Tensor,
+    concat: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One denoiser call for B samples with per-sample CFG: (B, C, h, w) guided estimates."""
-    rows = cfg_rows(x, sigma, t, context, uncond_context, guidance_scale)
+    rows = cfg_rows(x, sigma, t, context, uncond_context, guidance_scale, concat)
     return cfg_combine(denoiser(*rows), guidance_scale)

@@ -10,12 +10,30 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from model.sampling.registry import SamplerEntry
 from model.sampling.samplers import NoiseFn
 from model.sampling.schedule import SamplingGrid, ve_to_vp
+
+
+@dataclass(frozen=True)
+class KnownRegion:
+    """What inpainting keeps: latent z0 where `mask` is 0, noised with `noise` between steps."""
+
+    z0: torch.Tensor  # (1, C, h, w) scaled clean latent of the init image
+    noise: torch.Tensor  # (1, C, h, w) the sample's initial noise
+    mask: torch.Tensor  # (1, 1, h, w) 1 = repaint, 0 = keep
+
+    def impose(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """VE latent x at noise level sigma with the known region replaced: z0 + sigma * noise."""
+        return self.mask * x + (1 - self.mask) * (self.z0 + sigma * self.noise)
+
+    def finish(self, latent: torch.Tensor) -> torch.Tensor:
+        """The final VP latent with the clean z0 in the known region."""
+        return self.mask * latent + (1 - self.mask) * self.z0
 
 
 class Trajectory:
@@ -28,8 +46,10 @@ class Trajectory:
         grid: SamplingGrid,
         noise: NoiseFn,
         eta: float | None = None,
+        known: KnownRegion | None = None,
     ) -> None:
         self.grid = grid
+        self.known = known  # inpainting without an inpainting model: re-imposed between steps
         self.generator = entry.start(x, grid, noise, eta)
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = next(self.generator)
         # evaluations made once each step is complete, e.g. heun [2, 4, ..., 2S - 1]
@@ -59,7 +79,14 @@ class Trajectory:
             self.pending = self.generator.send(denoised)
         except StopIteration as stop:
             self.pending = None
-            self.latent = ve_to_vp(stop.value, self.grid.sigmas[-1])
+            latent = ve_to_vp(stop.value, self.grid.sigmas[-1])
+            self.latent = self.known.finish(latent) if self.known is not None else latent
+            return
+        if self.known is not None and self.evaluations in self.step_ends:
+            # A step ended: the x the sampler yields is its own state, so re-imposing the known
+            # region on it in place is what diffusers does to its latents after scheduler.step.
+            x, sigma = self.pending
+            x.copy_(self.known.impose(x, sigma))
 
 
 def run_trajectory(

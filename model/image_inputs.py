@@ -1,0 +1,84 @@
+"""How images enter a sample: the initial latent, the mask, concatenated channels, known regions.
+
+- text-to-image: x = sigma_0 * N(0, I).
+- image-to-image (SDEdit, Meng et al. 2022): x = z0 + sigma_t * eps at the step strength selects.
+- inpainting with an inpainting model (LDM Sec. 3.3, concat conditioning): the UNet also sees the
+  latent-size mask and the masked image's latent, concatenated to its input on every call.
+- inpainting with any other model: after every step the known region is re-imposed, noised to the
+  next step's level, and the final latent takes z0 there (diffusers' 4-channel inpainting).
+
+Random draws follow diffusers' pipelines, all from the sample's own generator: the init image's
+posterior (when encoded), the noise, then the masked image's posterior (inpainting, drawn even
+when a 4-channel model does not use it, so later draws line up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from model.pipeline import Pipeline, to_pixels
+from model.sampling.schedule import SamplingGrid
+from model.sampling.trajectory import KnownRegion
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """A sample's initial VE latent and the image inputs that stay with it."""
+
+    x: torch.Tensor  # (1, C, h, w)
+    concat: torch.Tensor | None = None  # (1, C', h, w) channels the UNet sees beside x
+    known: KnownRegion | None = None
+
+
+def binary_mask(mask: Image.Image) -> torch.Tensor:
+    """White = repaint: (1, 1, H, W) of 0/1, from the alpha channel when the image has a
+    non-opaque one, else from luminance (diffusers binarizes at 0.5)."""
+    if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
+        values = 255 - np.asarray(mask.getchannel("A")).astype(np.float32)  # transparent = repaint
+    else:
+        values = np.asarray(mask.convert("L")).astype(np.float32)
+    return torch.from_numpy((values / 255.0 >= 0.5).astype(np.float32))[None, None]
+
+
+def starting_point(
+    pipeline: Pipeline,
+    grid: SamplingGrid,
+    noise: Callable[[], torch.Tensor],
+    generator: torch.Generator,
+    init_image: Image.Image | None,
+    mask_image: Image.Image | None,
+    full_strength: bool,
+) -> StartingPoint:
+    """The initial latent of one sample and, for inpainting, its mask inputs."""
+    concat_channels = pipeline.concat_channels
+    if concat_channels and mask_image is None:
+        raise ValueError("this is an inpainting model: it needs an init image and a mask")
+    if init_image is None:
+        return StartingPoint(noise() * grid.init_noise_scale)
+    pixels = to_pixels(init_image)  # (1, 3, H, W)
+    pure_noise = mask_image is not None and full_strength  # diffusers' inpainting at strength 1
+    encode_init = not (pure_noise and concat_channels)  # the 9-channel model skips z0 then
+    z0 = pipeline.encode_pixels(pixels, generator) if encode_init else None
+    eps = noise()
+    if pure_noise:
+        x = eps * grid.init_noise_scale
+    else:
+        assert z0 is not None
+        x = z0 + eps * grid.sigmas[0]  # the forward process at the first step run
+    if mask_image is None:
+        return StartingPoint(x)
+    mask = binary_mask(mask_image)  # (1, 1, H, W)
+    if mask.shape[-2:] != pixels.shape[-2:]:
+        raise ValueError(f"mask is {mask_image.size}, the image {init_image.size}")
+    masked = pipeline.encode_pixels(pixels * (mask < 0.5), generator)  # (1, C, h, w)
+    latent_mask = F.interpolate(mask, size=masked.shape[-2:]).to(pipeline.device)  # nearest
+    if concat_channels:
+        return StartingPoint(x, concat=torch.cat([latent_mask, masked], dim=1))
+    assert z0 is not None
+    return StartingPoint(x, known=KnownRegion(z0, eps, latent_mask))
