@@ -58,10 +58,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_api(args: argparse.Namespace) -> int:
-    """uvicorn on service.main:app."""
+    """uvicorn on service.main:app, with h11 and a request read deadline (service/protocol.py)."""
     import uvicorn
 
-    uvicorn.run("service.main:app", host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        "service.main:app",
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http="service.protocol:ReadDeadlineH11Protocol",
+    )
     return 0
 
 

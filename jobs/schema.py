@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic_core import PydanticCustomError
 
 # Seeds are 32-bit like A1111's; image i of a request uses seed + i.
 MAX_SEED = 2**32 - 1
+# The prompt validator's rules as OpenAPI `pattern`s (Python `re`'s whitespace is `str.strip`'s):
+# text holds no NUL (PNG text chunks cannot), and a prompt is not blank.
+TEXT_PATTERN = r"^[^\x00]*$"
+PROMPT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 
 class Sampler(StrEnum):
@@ -80,19 +85,38 @@ def _size_field(limits: Limits) -> Any:
         le=limits.max_size,
         multiple_of=8,
         validate_default=True,
+        description=f"multiple of 8; width x height <= {limits.max_pixels} pixels",
+    )
+
+
+def _text_field(limits: Limits, pattern: str, **bounds: Any) -> Any:
+    """A prompt-like string; its validator's rule (`_text`) is also its schema `pattern`."""
+    return Field(
+        max_length=limits.max_prompt_chars,
+        strict=True,
+        json_schema_extra={"pattern": pattern},
+        **bounds,
     )
 
 
 def _bounded_fields(limits: Limits) -> dict[str, Any]:
-    """Field(...) for every bounded request parameter, taken from `limits`."""
+    """Field(...) for every bounded request parameter, taken from `limits`.
+
+    JSON types count as JSON Schema counts them: `true` and `"5"` are no numbers, 7 is a float,
+    5.0 an integer (`_json_integer`). Strict per field: enums arrive as JSON strings.
+    """
     return {
-        "prompt": Field(min_length=1, max_length=limits.max_prompt_chars),
-        "negative_prompt": Field("", max_length=limits.max_prompt_chars),
+        "prompt": _text_field(limits, PROMPT_PATTERN, min_length=1),
+        "negative_prompt": _text_field(limits, TEXT_PATTERN, default=""),
         "width": _size_field(limits),
         "height": _size_field(limits),
         "steps": Field(min(25, limits.max_steps), ge=1, le=limits.max_steps),
         "guidance_scale": Field(
-            limits.default_guidance, ge=0.0, le=limits.max_guidance_scale, validate_default=True
+            limits.default_guidance,
+            ge=0.0,
+            le=limits.max_guidance_scale,
+            strict=True,
+            validate_default=True,
         ),
         "num_images": Field(1, ge=1, le=limits.max_images),
     }
@@ -118,10 +142,13 @@ class Txt2ImgRequest(BaseModel):
         None,
         ge=0.0,
         le=1.0,
+        strict=True,
         description="fresh-noise scale of samplers that draw noise (ddim: DDIM eta, default 0; "
         "euler_a: ancestral eta, default 1, 0 = plain Euler); null = the sampler's default",
     )
-    karras: bool = Field(False, description="Karras sigma schedule (k-diffusion samplers)")
+    karras: bool = Field(
+        False, strict=True, description="Karras sigma schedule (k-diffusion samplers)"
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent")
     num_images: int = _DEFAULT_FIELDS["num_images"]
     output_format: OutputFormat = OutputFormat.png
@@ -129,11 +156,21 @@ class Txt2ImgRequest(BaseModel):
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="default model when absent"
     )
 
+    @field_validator("width", "height", "steps", "num_images", "seed", mode="before")
+    @classmethod
+    def _json_integer(cls, value: Any) -> Any:
+        """No bools or strings; integral numbers (5.0) pass on to int's own check."""
+        if isinstance(value, bool | str):
+            raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return value
+
     @field_validator("prompt", "negative_prompt")
     @classmethod
-    def _no_nul(cls, value: str) -> str:
+    def _text(cls, value: str, info: ValidationInfo) -> str:
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        if info.field_name == "prompt" and not value.strip():
+            raise ValueError("must not be blank")
         return value
 
     @field_validator("height")
@@ -156,12 +193,16 @@ class Txt2ImgRequest(BaseModel):
         return ResolvedRequest.model_validate(data)
 
 
-def request_model(limits: Limits) -> type[Txt2ImgRequest]:
-    """A Txt2ImgRequest subclass whose Field bounds (and OpenAPI schema) come from `limits`."""
+def request_model(limits: Limits, models: Sequence[str] = ()) -> type[Txt2ImgRequest]:
+    """A Txt2ImgRequest subclass whose Field bounds (and OpenAPI schema) come from `limits`;
+    with `models`, `model` must name one of them (an enum in the schema)."""
     fields: dict[str, Any] = {
         name: (Txt2ImgRequest.model_fields[name].annotation, info)
         for name, info in _bounded_fields(limits).items()
     }
+    if models:
+        served = cast(Any, Literal)[tuple(models)]
+        fields["model"] = (served | None, Field(None, description="default model when absent"))
     model = create_model("Txt2ImgRequest", __base__=Txt2ImgRequest, **fields)
     model.limits = limits
     return model

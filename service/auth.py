@@ -53,12 +53,12 @@ def _unauthorized(detail: str, error: str) -> Problem:
     )
 
 
-def get_keyring(request: Request) -> KeyRing:
+async def get_keyring(request: Request) -> KeyRing:
     """The app's API keys (app.state.keyring)."""
     return request.app.state.keyring
 
 
-def require_owner(
+async def require_owner(
     request: Request,
     ring: Annotated[KeyRing, Depends(get_keyring)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],

@@ -1,5 +1,8 @@
 """Annotated dependency aliases for what the app keeps on `app.state` (set in main.py); the
-key ring and the rate limiter have theirs beside their classes (auth.py, ratelimit.py)."""
+key ring and the rate limiter have theirs beside their classes (auth.py, ratelimit.py).
+
+Dependencies that never block are `async def`: FastAPI runs a sync one in the thread pool, a hop
+per dependency per request, and a pool full of requests waiting on Redis would delay them all."""
 
 from __future__ import annotations
 
@@ -13,22 +16,22 @@ from service.metrics import ApiMetrics
 from service.settings import ApiSettings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     """The app's JobStore."""
     return request.app.state.store
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     """The app's settings."""
     return request.app.state.settings
 
 
-def get_claims(request: Request) -> IdempotencyClaims:
+async def get_claims(request: Request) -> IdempotencyClaims:
     """The app's Idempotency-Key claims."""
     return request.app.state.claims
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     """The app's Prometheus metrics."""
     return request.app.state.metrics
 

@@ -9,14 +9,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from jobs.idempotency import IdempotencyConflict, IdempotencyExpired, IdempotencyInFlight
 from jobs.quota import ActiveLimitError
 from jobs.store import QueueFullError
+from service.redis_client import RedisCircuitOpen
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ _STATUS_SLUGS = {
     403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
+    408: "request-timeout",
     410: "gone",
     413: "body-too-large",
     415: "unsupported-media-type",
@@ -38,6 +42,26 @@ _STATUS_SLUGS = {
     500: "internal",
     503: "unavailable",
 }
+
+
+class FieldError(BaseModel):
+    """One offending request field and what is wrong with it."""
+
+    field: str = Field(description="dotted path of the field, e.g. `width` or `body`")
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details: the body of every error (application/problem+json)."""
+
+    type: str = Field(
+        description="stable URI of the problem, e.g. urn:ldm-serve:problem:validation"
+    )
+    title: str = Field(description="short summary of the problem type")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field(description="what went wrong with this request, naming the field")
+    instance: str | None = Field(None, description="path of the request")
+    errors: list[FieldError] | None = Field(None, description="every offending field (422)")
 
 
 class Problem(Exception):
@@ -63,17 +87,15 @@ class Problem(Exception):
 
     def body(self, instance: str = "") -> dict[str, Any]:
         """The RFC 9457 JSON object (the one rendering of every problem: responses, SSE)."""
-        body: dict[str, Any] = {
-            "type": TYPE_PREFIX + self.slug,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if instance:
-            body["instance"] = instance
-        if self.errors:
-            body["errors"] = self.errors
-        return body
+        details = ProblemDetails(
+            type=TYPE_PREFIX + self.slug,
+            title=self.title,
+            status=self.status,
+            detail=self.detail,
+            instance=instance or None,
+            errors=[FieldError.model_validate(error) for error in self.errors] or None,
+        )
+        return details.model_dump(exclude_none=True)
 
 
 def problem_response(problem: Problem, instance: str = "") -> JSONResponse:
@@ -104,6 +126,23 @@ def validation_problem(exc: RequestValidationError) -> Problem:
         return Problem(400, "malformed-json", "Malformed JSON", "request body is not valid JSON")
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
     return Problem(422, "validation", "Invalid request", detail, errors=errors)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """`Allow` of a 405: the methods some route serves at this path (Starlette's 405 names only
+    the first matching route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def redis_unavailable(retry_after_s: int = 1) -> Problem:
@@ -173,7 +212,10 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
         assert isinstance(exc, StarletteHTTPException)
         slug = _STATUS_SLUGS.get(exc.status_code, "error")
         title = slug.replace("-", " ").capitalize()
-        problem = Problem(exc.status_code, slug, title, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        problem = Problem(exc.status_code, slug, title, str(exc.detail), headers=headers)
         return problem_response(problem, request.url.path)
 
     async def on_refusal(request: Request, exc: Exception) -> JSONResponse:
@@ -182,7 +224,9 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
         return problem_response(problem, request.url.path)
 
     async def on_redis(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        # The breaker logs its own transitions; a refusal while it is open is routine.
+        level = logging.DEBUG if isinstance(exc, RedisCircuitOpen) else logging.WARNING
+        logger.log(level, "redis unavailable on %s %s: %s", request.method, request.url.path, exc)
         request.state.reject_reason = "redis-unavailable"
         return problem_response(redis_unavailable(retry_after_s), request.url.path)
 

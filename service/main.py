@@ -7,9 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis import Redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from jobs.idempotency import IdempotencyClaims
 from jobs.store import JobStore
@@ -17,22 +14,13 @@ from service.auth import KeyRing
 from service.bodysize import BodySizeLimit
 from service.errors import install_handlers
 from service.metrics import ApiMetrics, MetricsMiddleware
+from service.openapi import install_problem_schema
 from service.ratelimit import RateLimiter
+from service.redis_client import RedisDeadline, connect_redis
 from service.routes import health, jobs, models, txt2img
 from service.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
-
-
-def connect_redis(url: str) -> Redis:
-    """Redis client that fails fast (503 to clients) instead of hanging when Redis is down."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2),
-    )
 
 
 @asynccontextmanager
@@ -46,7 +34,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API for `settings` (default: from the environment)."""
     settings = settings or ApiSettings()
-    redis = connect_redis(settings.redis_url)
+    redis = connect_redis(
+        settings.redis_url, timeout_s=settings.redis_timeout_s, cooldown_s=settings.redis_cooldown_s
+    )
     store = JobStore(
         redis,
         result_ttl=settings.result_ttl,
@@ -68,11 +58,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     idempotency_ttl = settings.queue_ttl + settings.job_timeout + settings.result_ttl
     app.state.claims = IdempotencyClaims(store, ttl=idempotency_ttl)
     install_handlers(app, settings.retry_after_s)
+    install_problem_schema(app)
     app.include_router(txt2img.build_router(settings))
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    # Outermost last: metrics see every response, including the 413s of the body limit.
+    # Outermost last: metrics see every response, including the 413s of the body limit; the
+    # Redis deadline starts once the body is in (a slow upload is the read deadline's business).
+    app.add_middleware(RedisDeadline, budget_s=settings.redis_deadline_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     logger.info(

@@ -40,7 +40,8 @@ class RedisGauges(Collector):
         self.models = tuple(models)
 
     def collect(self) -> Iterator[Metric]:
-        """Queue depth, live workers, oldest queued age per model; Redis memory."""
+        """Queue depth, live workers, oldest queued age per model; Redis memory. Skipped whole
+        (not stale, not partial) when Redis does not answer within the scrape's deadline."""
         depth = GaugeMetricFamily("ldm_queue_depth", "Jobs waiting in the queue", labels=["model"])
         alive = GaugeMetricFamily("ldm_workers_alive", "Live rq workers", labels=["model"])
         oldest = GaugeMetricFamily(
@@ -57,7 +58,8 @@ class RedisGauges(Collector):
             used.add_metric([], memory.get("used_memory", 0))
             limit.add_metric([], memory.get("maxmemory", 0))
         except RedisError as exc:
-            logger.warning("metrics: redis unavailable: %s", exc)
+            logger.warning("metrics: redis gauges skipped: %s", exc)
+            return
         yield from (depth, alive, oldest, used, limit)
 
 
@@ -112,6 +114,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            if scope.get("state", {}).get("reject_reason") == "request-timeout":
+                status = 408  # cut off by the read deadline (service/protocol.py), not an error
             self._record(scope, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:

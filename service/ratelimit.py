@@ -52,7 +52,7 @@ class RateLimiter:
         return 0.0 if int(allowed) else float(wait)
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     """The app's submission rate limiter (app.state.rate_limiter)."""
     return request.app.state.rate_limiter
 

@@ -53,6 +53,17 @@ class ApiSettings(BaseSettings):
         default=64 * 1024, ge=1024, validation_alias=_env("LDM_MAX_BODY_BYTES")
     )
     retry_after_s: int = Field(default=5, ge=1, validation_alias=_env("LDM_RETRY_AFTER"))
+    # A frozen or unreachable Redis: a request's Redis calls must have answered within the
+    # deadline of its arrival (else 503), one call waits at most the timeout, and after a timeout
+    # or connection error every call fails at once for the cooldown before one probes again.
+    redis_deadline_s: float = Field(default=2.0, gt=0, validation_alias=_env("LDM_REDIS_DEADLINE"))
+    redis_timeout_s: float = Field(default=1.0, gt=0, validation_alias=_env("LDM_REDIS_TIMEOUT"))
+    redis_cooldown_s: float = Field(default=1.0, gt=0, validation_alias=_env("LDM_REDIS_COOLDOWN"))
+    # Slow clients: a request's headers and body must have arrived this many seconds after its
+    # first byte (or after the connection opened); else 408 and the connection is closed.
+    request_read_timeout_s: float = Field(
+        default=10.0, gt=0, validation_alias=_env("LDM_REQUEST_READ_TIMEOUT")
+    )
     api_host: str = Field(default="0.0.0.0", validation_alias=_env("LDM_API_HOST"))
     api_port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("LDM_API_PORT"))
 

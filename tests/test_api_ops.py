@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,7 +103,12 @@ def test_redis_outage_is_503_then_recovers(own_redis: RedisServer) -> None:
             not_ready = client.get("/readyz")
             metrics = client.get("/metrics")
             own_redis.start()
+            # The client fails fast for LDM_REDIS_COOLDOWN (1 s) after an error, then probes.
+            deadline = time.monotonic() + 5
             status_up = client.get(f"/v1/jobs/{job['id']}")
+            while status_up.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                status_up = client.get(f"/v1/jobs/{job['id']}")
             again = client.post("/v1/txt2img", json={"prompt": "x"})
         for reply in (down, status_down):
             assert reply.status_code == 503, reply.text
@@ -110,6 +116,7 @@ def test_redis_outage_is_503_then_recovers(own_redis: RedisServer) -> None:
             assert reply.json()["type"].endswith(":redis-unavailable")
             assert "127.0.0.1" not in reply.text and "Traceback" not in reply.text
         assert not_ready.status_code == 503 and metrics.status_code == 200
+        assert not_ready.json()["type"].endswith(":redis-unavailable")
         assert status_up.status_code == 200 and status_up.json()["status"] == "queued"
         assert again.status_code == 202
 

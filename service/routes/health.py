@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from jobs.store import JobStore
 from service.deps import Metrics, Settings, Store
 from service.errors import Problem
+from service.openapi import problem_responses
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +42,22 @@ def check_eviction_policy(store: JobStore) -> bool:
 
 
 @router.get("/healthz", summary="Process is up")
-def healthz() -> dict[str, str]:
-    """Always 200 while the process serves HTTP."""
+async def healthz() -> dict[str, str]:
+    """Always 200 while the process serves HTTP: on the event loop, never touching Redis."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis reachable and a worker alive for the default model")
+@router.get(
+    "/readyz",
+    responses=problem_responses(503),
+    summary="Redis reachable and a worker alive for the default model",
+)
 def readyz(store: Store, settings: Settings) -> dict[str, object]:
-    """200 when Redis answers with noeviction and >= 1 live worker serves the default model."""
+    """200 when Redis answers with noeviction and >= 1 live worker serves the default model
+    (an unreachable Redis is 503 redis-unavailable, as on every route)."""
     retry = {"Retry-After": str(settings.retry_after_s)}
-    try:
-        policy = eviction_policy(store)
-        workers = store.live_workers(settings.model_name)
-    except RedisError as exc:
-        logger.warning("readyz: redis unreachable: %s", exc)
-        raise Problem(503, "not-ready", "Not ready", "redis unreachable", headers=retry) from None
+    policy = eviction_policy(store)
+    workers = store.live_workers(settings.model_name)
     if policy != "noeviction":
         detail = f"redis maxmemory-policy is {policy!r}; it must be 'noeviction'"
         raise Problem(503, "not-ready", "Not ready", detail, headers=retry)

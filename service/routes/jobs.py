@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Path, Response, status
@@ -18,11 +18,14 @@ from jobs.store import JobStore
 from service.auth import Owner
 from service.deps import Store
 from service.errors import Problem, redis_unavailable
+from service.openapi import problem_responses
+from service.redis_client import renewed_deadline
 from service.views import JobView, job_view
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
+T = TypeVar("T")
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f-]+$")]
 # SSE: how often the record is polled and how often an idle stream gets a keep-alive comment.
@@ -49,7 +52,12 @@ def _view(store: JobStore, record: JobRecord) -> JobView:
     return job_view(record, position)
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobView, summary="Job status and progress")
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobView,
+    responses=problem_responses(401, 404, 410, 422, 503),
+    summary="Job status and progress",
+)
 def get_job(job_id: JobId, owner: Owner, store: Store) -> JobView:
     """Status, progress, queue position, timings, resolved request, image URLs, error."""
     return _view(store, load_job(store, job_id, owner))
@@ -58,7 +66,10 @@ def get_job(job_id: JobId, owner: Owner, store: Store) -> JobView:
 @router.delete(
     "/v1/jobs/{job_id}",
     response_model=JobView,
-    responses={202: {"description": "Running job: it stops at its next step"}},
+    responses={
+        202: {"description": "Running job: it stops at its next step", "model": JobView},
+        **problem_responses(401, 404, 409, 410, 422, 503),
+    },
     summary="Cancel a job",
 )
 def cancel_job(job_id: JobId, owner: Owner, store: Store, response: Response) -> JobView:
@@ -77,14 +88,19 @@ def cancel_job(job_id: JobId, owner: Owner, store: Store, response: Response) ->
 @router.get(
     "/v1/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **problem_responses(401, 404, 410, 422, 503),
+    },
     summary="Server-sent events until the job ends",
 )
 def job_events(job_id: JobId, owner: Owner, store: Store) -> StreamingResponse:
     """`event: job` with the job JSON whenever status or progress changes; ends when terminal."""
     first = load_job(store, job_id, owner)
+    frame = _frame(first, store)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_events(store, first), media_type="text/event-stream", headers=headers)
+    stream = _events(store, first, frame)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 def _frame(record: JobRecord, store: JobStore) -> str:
@@ -92,15 +108,22 @@ def _frame(record: JobRecord, store: JobStore) -> str:
     return f"event: job\ndata: {data}\n\n"
 
 
-async def _events(store: JobStore, record: JobRecord) -> AsyncIterator[str]:
-    """Poll the record; emit on change; stop after a terminal status."""
-    yield _frame(record, store)
+def _polled(step: Callable[..., T], *args: Any) -> T:
+    """One poll of a stream, under a Redis deadline of its own (the request's has passed)."""
+    with renewed_deadline():
+        return step(*args)
+
+
+async def _events(store: JobStore, record: JobRecord, first: str) -> AsyncIterator[str]:
+    """Poll the record (in a thread, each poll its own Redis deadline); emit on change; stop
+    after a terminal status."""
+    yield first
     seen = (record.status, record.progress_step)
     last_sent = time.monotonic()
     while not record.status.terminal:
         await anyio.sleep(POLL_S)
         try:
-            current = await anyio.to_thread.run_sync(_refresh, store, record)
+            current = await anyio.to_thread.run_sync(_polled, _refresh, store, record)
         except RedisError as exc:
             logger.warning("event stream for %s lost redis: %s", record.id, exc)
             yield f"event: error\ndata: {json.dumps(redis_unavailable().body())}\n\n"
@@ -112,7 +135,7 @@ async def _events(store: JobStore, record: JobRecord) -> AsyncIterator[str]:
         if (record.status, record.progress_step) != seen:
             seen = (record.status, record.progress_step)
             last_sent = time.monotonic()
-            yield await anyio.to_thread.run_sync(_frame, record, store)
+            yield await anyio.to_thread.run_sync(_polled, _frame, record, store)
         elif time.monotonic() - last_sent > KEEPALIVE_S:
             last_sent = time.monotonic()
             yield ": keep-alive\n\n"
@@ -126,7 +149,10 @@ def _refresh(store: JobStore, record: JobRecord) -> JobRecord | None:
 @router.get(
     "/v1/jobs/{job_id}/images/{index}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        **problem_responses(401, 404, 409, 410, 422, 503),
+    },
     summary="Image bytes",
 )
 def get_image(

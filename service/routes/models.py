@@ -9,6 +9,7 @@ from jobs import keys
 from jobs.schema import OutputFormat, Sampler
 from service.auth import Owner
 from service.deps import Settings, Store
+from service.openapi import problem_responses
 
 router = APIRouter(tags=["models"])
 
@@ -31,7 +32,12 @@ class ModelList(BaseModel):
     data: list[ModelInfo]
 
 
-@router.get("/v1/models", response_model=ModelList, summary="Models served")
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    responses=problem_responses(401, 503),
+    summary="Models served",
+)
 def list_models(owner: Owner, store: Store, settings: Settings) -> ModelList:
     """Every accepted model with its rq queue, live workers and queue depth."""
     del owner  # authentication only

@@ -6,7 +6,6 @@
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
@@ -15,7 +14,7 @@ from jobs.idempotency import body_fingerprint
 from jobs.schema import JobRecord, JobStatus, ResolvedRequest, Txt2ImgRequest, request_model
 from jobs.store import JobStore
 from service.deps import Claims, Metrics, Store
-from service.errors import Problem
+from service.openapi import problem_responses
 from service.ratelimit import RateLimitedOwner
 from service.settings import ApiSettings
 from service.views import JobView, job_path, job_view
@@ -34,17 +33,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-def check_served(model: str | None, served: Sequence[str]) -> None:
-    """422 naming the field when a request asks for a model this deployment does not serve."""
-    if model is not None and model not in served:
-        names = ", ".join(served)
-        raise Problem(
-            422,
-            "validation",
-            "Invalid request",
-            f"model: unknown model {model!r}; served: {names}",
-            errors=[{"field": "model", "message": f"unknown model; served: {names}"}],
-        )
+LOCATION = {
+    "Location": {"description": "URL of the job", "required": True, "schema": {"type": "string"}}
+}
 
 
 def queued_record(job_id: str, owner: str, request: ResolvedRequest) -> JobRecord:
@@ -67,7 +58,7 @@ def job_reply(response: Response, store: JobStore, record: JobRecord) -> JobView
 
 def build_router(settings: ApiSettings) -> APIRouter:
     """Router whose request model carries this deployment's bounds (visible in OpenAPI)."""
-    body_model = request_model(settings.limits)
+    body_model = request_model(settings.limits, settings.models)
     router = APIRouter(tags=["txt2img"])
 
     @router.post(
@@ -75,7 +66,11 @@ def build_router(settings: ApiSettings) -> APIRouter:
         status_code=status.HTTP_202_ACCEPTED,
         response_model=JobView,
         response_model_by_alias=True,
-        responses={200: {"description": "Idempotent replay", "model": JobView}},
+        responses={
+            200: {"description": "Idempotent replay", "model": JobView, "headers": LOCATION},
+            202: {"headers": LOCATION},
+            **problem_responses(400, 401, 409, 410, 413, 422, 429, 503),
+        },
         summary="Queue a text-to-image job",
     )
     def submit(
@@ -89,7 +84,6 @@ def build_router(settings: ApiSettings) -> APIRouter:
     ) -> JobView:
         """Validate and enqueue; the job JSON links to its status, events and images."""
         body: Txt2ImgRequest = payload
-        check_served(body.model, settings.models)
         job_id = str(uuid.uuid4())
         key = idempotency_key.strip('"') if idempotency_key is not None else None
         if key is not None:
