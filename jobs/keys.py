@@ -50,3 +50,8 @@ def active_jobs(owner: str) -> str:
 def active_cost(owner: str) -> str:
     """Hash job id -> cost (pixel-steps) of the owner's queued and running jobs (jobs/quota.py)."""
     return f"{PREFIX}active-cost:{owner}"
+
+
+def queue_places(model: str) -> str:
+    """Sorted set of job ids holding a reserved place in a model's queue (jobs/quota.py)."""
+    return f"{PREFIX}queue-places:{model}"

@@ -117,3 +117,43 @@ class ActiveJobs:
             self.redis.hdel(keys.active_cost(owner), job_id)
         except RedisError:  # Redis is likely down; the reservation lapses after the grace period
             logger.warning("could not release the quota reservation of job %s", job_id)
+
+
+# KEYS: the rq queue list, its place reservations. ARGV: max depth, job id, grace s.
+# Returns 1 = a place is reserved, 0 = queued jobs plus reservations already fill the queue.
+_RESERVE_PLACE = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
+if redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+class QueuePlaces:
+    """Queue depth as a quota: a place is reserved atomically (queued + reserved < max) before
+    the enqueue, and the enqueue's MULTI turns it into the queued job. Racing submissions can
+    never overfill a queue, and none retries: the script decides at once."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._reserve = redis.register_script(_RESERVE_PLACE)
+
+    def reserve(self, queue_key: str, model: str, job_id: str, max_depth: int) -> bool:
+        """Reserve a place for `job_id`; False when the queue is full."""
+        keys_ = [queue_key, keys.queue_places(model)]
+        return bool(self._reserve(keys=keys_, args=[max_depth, job_id, RESERVATION_GRACE_S]))
+
+    def confirm(self, pipe: Pipeline, model: str, job_id: str) -> None:
+        """On the enqueue's MULTI: the job is in the queue now, its reservation goes."""
+        pipe.zrem(keys.queue_places(model), job_id)
+
+    def release(self, model: str, job_id: str) -> None:
+        """Best-effort: drop the reservation of a job that was never enqueued."""
+        try:
+            self.redis.zrem(keys.queue_places(model), job_id)
+        except RedisError:  # the reservation lapses after the grace period
+            logger.warning("could not release the queue place of job %s", job_id)

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 # Seeds are 32-bit like A1111's; image i of a request uses seed + i.
@@ -72,6 +80,9 @@ class Limits:
     max_guidance_scale: float = 30.0
     default_size: int = 512
     default_guidance: float = 7.5
+    # Work one request may ask for, in pixel-steps (width x height x steps x images): 1024^2 at
+    # 50 steps, or four 512^2 images at 50 (at most ~8 s per step of a 1024^2 image on 2 cores).
+    max_cost: int = 1024 * 1024 * 50
 
 
 DEFAULT_LIMITS = Limits()
@@ -183,6 +194,16 @@ class Txt2ImgRequest(BaseModel):
                 f"{cls.limits.max_pixels}"
             )
         return height
+
+    @model_validator(mode="after")
+    def _max_cost(self) -> Txt2ImgRequest:
+        cost = self.width * self.height * self.steps * self.num_images
+        if cost > self.limits.max_cost:
+            raise ValueError(
+                f"width x height x steps x num_images = {cost} pixel-steps exceeds the cost cap "
+                f"LDM_MAX_COST = {self.limits.max_cost}"
+            )
+        return self
 
     def resolve(self, default_model: str, seed: int | None = None) -> ResolvedRequest:
         """The request with model and seed filled in (random seed when none was given)."""

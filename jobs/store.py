@@ -18,7 +18,6 @@ from typing import Any, cast
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -27,7 +26,8 @@ from rq.serializers import JSONSerializer
 from rq.worker_registration import get_keys as worker_keys
 
 from jobs import keys
-from jobs.quota import ActiveJobs
+from jobs.quota import ActiveJobs, QueuePlaces
+from jobs.record_scripts import FINISH, PROGRESS, TRANSITION
 from jobs.schema import JobError, JobRecord, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -39,53 +39,9 @@ TOMBSTONE_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
 # rq re-runs a job whose worker died this many times (then fails it as abandoned).
 RETRIES = 1
-ENQUEUE_ATTEMPTS = 50  # optimistic depth-checked enqueues before answering "full, retry later"
+NO_JOB_LIMIT = 2**31 - 1  # the active-jobs script's limit when only the cost budget applies
 # Slack for rq noticing a dead worker (maintenance every 600 s) before it requeues or fails a job.
 ABANDON_DETECTION_S = 3600
-
-# KEYS[1] job hash. ARGV[1] allowed statuses "a,b"; ARGV[2] field to HINCRBY or ""; ARGV[3..] pairs.
-_TRANSITION = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
-  return false
-end
-if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
-if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
-return status
-"""
-
-# KEYS: job, gone, image 0..n-1. ARGV: allowed, ttl, tombstone ttl, nfields, fields..., images...
-_FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
-  return false
-end
-local ttl = tonumber(ARGV[2])
-local nfields = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + nfields))
-if redis.call('HGET', KEYS[1], 'status') == 'succeeded' then
-  redis.call('HSET', KEYS[1], 'progress_step', redis.call('HGET', KEYS[1], 'progress_total') or '0')
-end
-for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[4 + nfields + i - 2], 'EX', ttl) end
-redis.call('EXPIRE', KEYS[1], ttl)
-local owner = redis.call('HGET', KEYS[1], 'owner') or ''
-redis.call('SET', KEYS[2], owner, 'EX', ttl + tonumber(ARGV[3]))
-return status
-"""
-
-# KEYS: job hashes then their cancel flags. ARGV: step, total per job. Returns 1 = stop that job.
-_PROGRESS = """
-local n = #KEYS / 2
-local stop = {}
-for i = 1, n do
-  local status = redis.call('HGET', KEYS[i], 'status')
-  if status == 'running' then
-    redis.call('HSET', KEYS[i], 'progress_step', ARGV[2 * i - 1], 'progress_total', ARGV[2 * i])
-  end
-  stop[i] = (status ~= 'running' or redis.call('EXISTS', KEYS[n + i]) == 1) and 1 or 0
-end
-return stop
-"""
 
 
 class QueueFullError(Exception):
@@ -115,9 +71,10 @@ class JobStore:
         # Concurrency quota; its set must outlive a job's longest stay in queued/running.
         active_ttl = self.queue_ttl + (1 + RETRIES) * job_timeout + ABANDON_DETECTION_S
         self.active = ActiveJobs(redis, ttl=active_ttl)
-        self._transition = redis.register_script(_TRANSITION)
-        self._finish = redis.register_script(_FINISH)
-        self._progress = redis.register_script(_PROGRESS)
+        self.places = QueuePlaces(redis)
+        self._transition = redis.register_script(TRANSITION)
+        self._finish = redis.register_script(FINISH)
+        self._progress = redis.register_script(PROGRESS)
 
     def queue(self, model: str) -> Queue:
         """The rq queue (JSON serializer) of a model."""
@@ -133,37 +90,33 @@ class JobStore:
         max_active: int = 0,
         cost_budget: int = 0,
     ) -> None:
-        """Save a queued record and enqueue its rq job in one MULTI/EXEC, the queue's depth checked
-        inside it (WATCH): QueueFullError if full; ActiveLimitError / CostLimitError if the owner
-        has `max_active` jobs queued or running or their cost would pass `cost_budget` (0: off)."""
-        queue = self.queue(record.request.model)
-        if max_active > 0:
-            self.active.reserve(record.owner, record.id, max_active, record.request.cost,
-                                cost_budget)  # fmt: skip
+        """Save a queued record and enqueue its rq job in one MULTI/EXEC. QueueFullError if the
+        queue holds `max_queue` jobs (a place is reserved atomically first); ActiveLimitError /
+        CostLimitError if the owner has `max_active` jobs queued or running or their cost would
+        pass `cost_budget` (0: off)."""
+        model, queue = record.request.model, self.queue(record.request.model)
+        if max_queue is not None and not self.places.reserve(
+            queue.key, model, record.id, max_queue
+        ):
+            raise QueueFullError(model, max_queue)
         try:
-            self._enqueue(queue, record, max_queue, quota=max_active > 0)
-        except Exception:
-            if max_active > 0:
-                self.active.release(record.owner, record.id)
-            raise
-
-    def _enqueue(self, queue: Queue, record: JobRecord, max_queue: int | None, quota: bool) -> None:
-        """The record and its rq job in one transaction that fails if the queue grew past
-        `max_queue` meanwhile (optimistic: retried while other enqueues and dequeues race it)."""
-        for _ in range(ENQUEUE_ATTEMPTS):
+            quota = max_active > 0 or cost_budget > 0
+            if quota:
+                limit = max_active or NO_JOB_LIMIT
+                self.active.reserve(record.owner, record.id, limit, record.request.cost,
+                                    cost_budget)  # fmt: skip
             with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    if max_queue is not None:
-                        pipe.watch(queue.key)
-                        if pipe.llen(queue.key) >= max_queue:
-                            raise QueueFullError(record.request.model, max_queue)
-                    pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
-                    self._write_new_job(pipe, queue, record, quota)
-                    pipe.execute()
-                    return
-                except WatchError:
-                    continue  # the queue changed between the check and EXEC: check again
-        raise QueueFullError(record.request.model, max_queue or 0)  # too contended: back off
+                pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
+                self._write_new_job(pipe, queue, record, quota=quota)
+                if max_queue is not None:
+                    self.places.confirm(pipe, model, record.id)
+                pipe.execute()
+        except Exception:
+            if max_active > 0 or cost_budget > 0:
+                self.active.release(record.owner, record.id)
+            if max_queue is not None:
+                self.places.release(model, record.id)
+            raise
 
     def _write_new_job(self, pipe: Pipeline, queue: Queue, record: JobRecord, quota: bool) -> None:
         """Queue the record, the rq job (Retry once, TTLs) and the quota confirmation on `pipe`."""

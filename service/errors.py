@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from jobs.idempotency import IdempotencyConflict, IdempotencyExpired, IdempotencyInFlight
-from jobs.quota import ActiveLimitError
+from jobs.quota import ActiveLimitError, CostLimitError
 from jobs.store import QueueFullError
 from service.redis_client import RedisCircuitOpen
 
@@ -172,6 +172,12 @@ def refusal_problem(exc: Exception, retry_after_s: int) -> Problem:
             "retry when one finishes or cancel one"
         )
         return Problem(429, "concurrency-limited", "Too many active jobs", detail, headers=retry)
+    if isinstance(exc, CostLimitError):
+        detail = (
+            f"in-flight cost budget of {exc.budget} pixel-steps per API key reached "
+            "(LDM_MAX_COST_PER_KEY); retry when a job finishes"
+        )
+        return Problem(429, "cost-limited", "Too much work in flight", detail, headers=retry)
     if isinstance(exc, QueueFullError):
         detail = f"the queue for model {exc.model!r} is full; retry later"
         return Problem(503, "queue-full", "Queue full", detail, headers=retry)
@@ -188,6 +194,7 @@ def refusal_problem(exc: Exception, retry_after_s: int) -> Problem:
 
 REFUSALS = (
     ActiveLimitError,
+    CostLimitError,
     QueueFullError,
     IdempotencyConflict,
     IdempotencyExpired,

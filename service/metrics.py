@@ -24,6 +24,7 @@ REJECT_REASONS = {
     "queue-full": "queue_full",
     "rate-limited": "rate_limited",
     "concurrency-limited": "concurrency_limited",
+    "cost-limited": "cost_limited",
     "unauthorized": "unauthorized",
     "redis-unavailable": "redis_unavailable",
     "redis-full": "redis_unavailable",

@@ -49,6 +49,15 @@ class ApiSettings(BaseSettings):
     max_active_jobs_per_key: int = Field(
         default=32, ge=0, validation_alias=_env("LDM_MAX_ACTIVE_JOBS_PER_KEY")
     )
+    # Cost in pixel-steps (width x height x steps x images): the most one request may ask for
+    # (422 above), and the most one API key may have queued or running at once (429 above; 0 =
+    # off; like the job quota, not applied without API keys).
+    max_cost: int = Field(
+        default=DEFAULT_LIMITS.max_cost, ge=64 * 64, validation_alias=_env("LDM_MAX_COST")
+    )
+    max_cost_per_key: int = Field(
+        default=4 * DEFAULT_LIMITS.max_cost, ge=0, validation_alias=_env("LDM_MAX_COST_PER_KEY")
+    )
     max_body_bytes: int = Field(
         default=64 * 1024, ge=1024, validation_alias=_env("LDM_MAX_BODY_BYTES")
     )
@@ -78,6 +87,11 @@ class ApiSettings(BaseSettings):
         return self.max_active_jobs_per_key if self.keys else 0
 
     @property
+    def cost_budget(self) -> int:
+        """Per-owner in-flight cost budget: LDM_MAX_COST_PER_KEY with API keys on, else 0."""
+        return self.max_cost_per_key if self.keys else 0
+
+    @property
     def models(self) -> tuple[str, ...]:
         """Model names this API accepts (each served by its own rq queue)."""
         return (self.model_name,)
@@ -94,4 +108,5 @@ class ApiSettings(BaseSettings):
             max_images=self.max_images,
             default_size=self.default_size,
             default_guidance=self.default_guidance,
+            max_cost=self.max_cost,
         )

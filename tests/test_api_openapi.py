@@ -20,12 +20,15 @@ from rq.worker import SimpleWorker
 from jobs.store import JobStore
 from tests.api_harness import KEY_A, ApiServer, serve
 
-# A deployment whose every acceptance rule is in the schema: the pixel budget is a product of two
-# fields, which JSON Schema cannot state, so it is set so that it never binds (max_size squared);
-# no concurrency quota or rate limit, and a queue deeper than the run fills (no worker drains it).
+# A deployment whose every acceptance rule is in the schema: the pixel budget and the cost cap are
+# products of fields, which JSON Schema cannot state, so they are set so that they never bind
+# (max_size squared; that times the steps and images); no concurrency quota, cost budget or rate
+# limit, and a queue deeper than the run fills (no worker drains it).
 ENV = {
     "LDM_MAX_SIZE": "256",
     "LDM_MAX_PIXELS": str(256 * 256),
+    "LDM_MAX_COST": str(256 * 256 * 150 * 4),
+    "LDM_MAX_COST_PER_KEY": "0",
     "LDM_MAX_ACTIVE_JOBS_PER_KEY": "0",
     "LDM_RATE_LIMIT": "0",
     "LDM_MAX_QUEUE": "1000000",

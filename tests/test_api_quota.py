@@ -204,3 +204,25 @@ def test_queue_depth_is_checked_atomically_with_the_enqueue(store: JobStore) -> 
         results = list(pool.map(attempt, range(64)))
     assert sum(results) == 20
     assert store.queue("default").count == 20
+
+
+@pytest.fixture()
+def costly_api(redis_server: RedisServer) -> Iterator[ApiServer]:
+    """Keys on; a cost cap of 64x64x10 per request and two such jobs in flight per key."""
+    cap = 64 * 64 * 10
+    env = {"LDM_MAX_COST": str(cap), "LDM_MAX_COST_PER_KEY": str(2 * cap),
+           "LDM_MAX_ACTIVE_JOBS_PER_KEY": "32", "LDM_RATE_LIMIT": "0"}  # fmt: skip
+    yield from serve(redis_server.fresh_db(13), env)
+
+
+def test_cost_cap_and_per_key_budget_over_http(costly_api: ApiServer) -> None:
+    small = {"prompt": "a cat", "width": 64, "height": 64, "steps": 10}
+    with costly_api.client(KEY_A) as a, costly_api.client(KEY_B) as b:
+        too_big = a.post("/v1/txt2img", json={**small, "steps": 11})
+        assert too_big.status_code == 422, too_big.text
+        assert "LDM_MAX_COST" in too_big.json()["detail"]
+        assert [a.post("/v1/txt2img", json=small).status_code for _ in range(2)] == [202, 202]
+        third = a.post("/v1/txt2img", json=small)
+        assert third.status_code == 429, third.text
+        assert third.json()["type"].endswith(":cost-limited") and "Retry-After" in third.headers
+        assert b.post("/v1/txt2img", json=small).status_code == 202  # other keys unaffected

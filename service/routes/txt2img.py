@@ -95,7 +95,12 @@ def build_router(settings: ApiSettings) -> APIRouter:
                 return job_reply(response, store, earlier)
         record = queued_record(job_id, owner, body.resolve(settings.model_name))
         try:
-            store.create(record, max_queue=settings.max_queue, max_active=settings.active_job_limit)
+            store.create(
+                record,
+                max_queue=settings.max_queue,
+                max_active=settings.active_job_limit,
+                cost_budget=settings.cost_budget,
+            )
         except Exception:
             if key is not None:
                 claims.release(owner, key)  # no job was made: the key is free again
