@@ -26,6 +26,9 @@ HEALTHZ_MAX_S = 0.2
 ANSWER_MAX_S = 2.5
 
 
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: full tier only
+
+
 @pytest.fixture()
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server this test freezes."""

@@ -28,6 +28,9 @@ from workers.rq_bridge import RqBridge
 __all__ = ["tiny_model"]
 
 
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: full tier only
+
+
 @pytest.fixture()
 def spawn(redis_url: str, tiny_model: Path, tmp_path: Path) -> Iterator[object]:
     started: list[WorkerProcess] = []

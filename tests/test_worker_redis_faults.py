@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from jobs.store import JobStore
@@ -18,6 +19,9 @@ from tests.worker_harness import WorkerProcess, done, submit, tiny_model, wait_f
 
 __all__ = ["tiny_model"]
 DB = 11
+
+
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: full tier only
 
 
 def adds(worker: WorkerProcess, marker: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from jobs.store import JobStore
@@ -17,6 +18,9 @@ from tests.worker_harness import WorkerProcess, done, submit, tiny_model, wait_f
 
 __all__ = ["tiny_model"]
 DB = 12
+
+
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: full tier only
 
 
 def test_a_small_job_overtakes_a_running_large_one_of_another_size(

@@ -10,12 +10,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cli.client import Client
 from tests.conftest import REPO, free_port
 from tests.worker_harness import FAST_ENV, tiny_model
 
 __all__ = ["tiny_model"]
+
+
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: full tier only
 
 
 def test_up_runs_the_stack_in_the_foreground_and_stops_cleanly(
