@@ -27,26 +27,19 @@ def run_generate(args: argparse.Namespace) -> int:
     from model.devices import DTYPES, resolve_device
     from model.engine import BatchEngine
     from model.pipeline import load_pipeline
-    from model.txt2img import txt2img
+    from model.txt2img import run, specs_for
 
     started = time.perf_counter()
     pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype], args.config,
                          args.clip_skip)  # fmt: skip
     loaded = time.perf_counter()
     n = args.num_images
-    images = txt2img(
-        BatchEngine(pipe),
-        [args.prompt] * n,
-        [args.negative_prompt] * n,
-        [args.seed + i for i in range(n)],
-        args.width,
-        args.height,
-        args.steps,
-        args.guidance,
-        args.sampler,
-        args.eta,
-        args.karras,
-    )
+    specs = specs_for(
+        [args.prompt] * n, [args.negative_prompt] * n, [args.seed + i for i in range(n)],
+        width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
+        sampler=args.sampler, eta=args.eta, karras=args.karras, **image_inputs(args),
+    )  # fmt: skip
+    images = run(BatchEngine(pipe), specs)
     done = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +49,26 @@ def run_generate(args: argparse.Namespace) -> int:
         print(path)
     print(f"loaded in {loaded - started:.2f}s, generated {n} image(s) in {done - loaded:.2f}s")
     return 0
+
+
+def image_inputs(args: argparse.Namespace) -> dict[str, object]:
+    """--init-image (img2img) and --mask (inpainting) as read and sized for the job, with the
+    strength: 0.75 for img2img and 1.0 for inpainting unless given."""
+    if args.init_image is None:
+        if args.mask is not None:
+            raise SystemExit("--mask needs --init-image")
+        return {}
+    from jobs.images import as_init_image, as_mask, decode, fit
+
+    init = as_init_image(decode(Path(args.init_image).read_bytes(), max_pixels=1 << 26))
+    inputs: dict[str, object] = {"init_image": fit(init, (args.width, args.height))}
+    if args.mask is not None:
+        mask = as_mask(decode(Path(args.mask).read_bytes(), max_pixels=1 << 26))
+        inputs["mask_image"] = fit(mask, (args.width, args.height))
+    inputs["strength"] = (
+        args.strength if args.strength is not None else (1.0 if args.mask is not None else 0.75)
+    )
+    return inputs
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -106,6 +119,22 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     gen.add_argument("--clip-skip", type=int, default=1)
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     gen.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    gen.add_argument(
+        "--init-image",
+        default=None,
+        help="image-to-image: start from this image (its size, rounded down to 8)",
+    )
+    gen.add_argument(
+        "--mask",
+        default=None,
+        help="inpainting (with --init-image): white or transparent = repaint",
+    )
+    gen.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="how much of the schedule to run from the init image (0.75; 1 inpaint)",
+    )
     gen.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
     gen.set_defaults(handler=_with_model_defaults)
 
@@ -121,6 +150,11 @@ def _with_model_defaults(args: argparse.Namespace) -> int:
     """Default size and guidance: the shipped model's own (64, 3), else the service's (512, 7.5)."""
     shipped = Path(args.model).resolve() == DEFAULT_MODEL.resolve()
     size = DEFAULT_MODEL_SIZE if shipped else 512
+    if args.init_image is not None:  # the init image's size unless given
+        from jobs.images import decode, job_size
+
+        image = decode(Path(args.init_image).read_bytes(), max_pixels=1 << 26)
+        args.width, args.height = job_size(image, args.width, args.height)
     args.width = args.width or size
     args.height = args.height or size
     if args.guidance is None:

@@ -93,3 +93,21 @@ def test_http_matches_diffusers(stack: ApiServer, tiny_model: Path) -> None:
             png = client.get(job["images"][0]).content
             served = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
             assert_close(served[None], diffusers_images(tiny_model, sampler, "", [SEED]))
+
+
+def test_cli_img2img_and_inpaint_match_diffusers(tiny_model: Path, tmp_path: Path) -> None:
+    """`--init-image` (SDEdit) and `--init-image --mask` (a 4-channel model) against diffusers'
+    img2img and inpainting pipelines, image for image."""
+    from tests import test_model_img2img as img2img
+    from tests import test_model_inpaint as inpaint
+
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    img2img.init_image().save(init)
+    inpaint.mask_image().save(mask)
+    steps = ("--steps", str(img2img.STEPS))
+    ours = cli_image(tiny_model, tmp_path / "i2i.png", "--init-image", str(init),
+                     "--strength", "0.6", "--sampler", "euler", *steps)  # fmt: skip
+    assert_close(ours[None], img2img.theirs(tiny_model, "euler", 0.6, [SEED]))
+    ours = cli_image(tiny_model, tmp_path / "inpaint.png", "--init-image", str(init),
+                     "--mask", str(mask), "--sampler", "ddim", *steps)  # fmt: skip
+    assert_close(ours[None], inpaint.theirs(tiny_model, "ddim", 1.0, [SEED]))
