@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -57,7 +58,8 @@ def as_mask(image: Image.Image) -> Image.Image:
     from luminance (white = repaint)."""
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
+        lowest, _ = cast(tuple[int, int], alpha.getextrema())  # one band: (min, max)
+        if lowest < 255:
             return ImageOps.invert(alpha)
     return image.convert("L")
 
