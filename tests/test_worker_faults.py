@@ -15,6 +15,7 @@ from jobs import keys
 from jobs.store import JobStore
 from tests.conftest import RedisServer
 from tests.worker_harness import WorkerProcess, done, submit, tiny_model, wait_for
+from workers.retire import PUBLIC_MESSAGES
 
 __all__ = ["tiny_model"]
 DB = 5  # this module's database: its worker outlives single tests, so no per-test FLUSHALL
@@ -65,6 +66,8 @@ def test_exception_fails_alone_and_the_worker_serves_on(
     later_good = submit(store, "a green circle")
     record = done(store, bad)
     assert record.status.value == "failed" and record.error and record.error.type == "error"
+    assert "injected" not in record.error.message  # internals stay in the worker's log (S7)
+    assert record.error.message == PUBLIC_MESSAGES["error"]
     for job_id in [*good, later_good]:
         assert done(store, job_id).status.value == "succeeded"
     assert store.get_image(bad, 0) is None

@@ -108,7 +108,7 @@ def save_autoencoder(model: AutoencoderKL, path: Path) -> None:
 
 def load_autoencoder(path: Path) -> AutoencoderKL:
     """Inverse of `save_autoencoder`."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     config = payload["config"]
     config["channel_mult"] = tuple(config["channel_mult"])
     model = AutoencoderKL(AutoencoderConfig(**config))

@@ -96,7 +96,7 @@ def save_checkpoint(path: Path, step: int, **state: Any) -> None:
 
 def load_checkpoint(path: Path, **state: Any) -> dict[str, Any]:
     """Restore modules/optimizers in place from `path`; returns the raw payload (step, extras)."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     for name, value in state.items():
         value.load_state_dict(payload[name])
     torch.set_rng_state(payload["torch_rng"])

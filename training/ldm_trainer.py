@@ -175,7 +175,7 @@ def train_ldm(
     scale = vae.config.scaling_factor
     latents_file = run_dir / "latents.pt"
     if resume and latents_file.exists():
-        mean, std = torch.load(latents_file)
+        mean, std = torch.load(latents_file, weights_only=True)
     else:
         print(f"[ldm] pre-encoding {len(images)} images once", flush=True)
         mean, std = encode_latents(vae, images, training.device)

@@ -15,7 +15,7 @@ def warm_start(unet: nn.Module, text_encoder: nn.Module, checkpoint: Path) -> li
     """Load the checkpoint's EMA weights; blocks it lacks start as the identity (zero proj_out,
     as ControlNet and LoRA do), so the network computes exactly what the checkpoint did.
     Returns the names of the new blocks; any other mismatch is an error."""
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     text_encoder.load_state_dict(payload["ema_text"]["shadow"])
     result = unet.load_state_dict(payload["ema_unet"]["shadow"], strict=False)
     if result.unexpected_keys:

@@ -21,7 +21,7 @@ from workers.backend import Backend
 from workers.fair_share import FairStepper
 from workers.job_in_flight import JobInFlight
 from workers.metrics import WorkerMetrics
-from workers.retire import Retirer, classify
+from workers.retire import Retirer, classify, public_message
 from workers.rq_bridge import Claim, InvalidPayload, RqBridge
 from workers.settings import WorkerSettings
 
@@ -218,7 +218,9 @@ class BatchLoop:
                     job.active[index] = self.engine.add(spec, tag=(job.job_id, index))
             except Exception as exc:
                 self._drop_from_engine(job)
-                self.end_failed(job, classify(exc), f"could not start sampling: {exc}")
+                reason = classify(exc)
+                log.warning("admission failed job_id=%s: %r", job.job_id, exc)
+                self.end_failed(job, reason, public_message(exc, reason))
         self.touch()
 
     # --- stepping, retirement -------------------------------------------------------------------
@@ -261,7 +263,7 @@ class BatchLoop:
                 job.restart(*plan[job_id])
             else:
                 job.active.clear()
-                self.end_failed(job, reason, str(exc) or type(exc).__name__)
+                self.end_failed(job, reason, public_message(exc, reason))
         self.touch()
 
     # --- progress, cancellation, timeouts -------------------------------------------------------

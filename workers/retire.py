@@ -28,6 +28,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+PUBLIC_MESSAGES = {
+    "nan": "the model produced non-finite values (NaN or inf); nothing was stored",
+    "oom": "the device ran out of memory, also with fewer images at once",
+    "error": "image generation failed with an internal error (logged by the worker)",
+}
+
+
+def public_message(exc: BaseException, reason: str) -> str:
+    """What a client may read about a failure: stable text, never exception internals (paths,
+    device details); the worker's log keeps the exception, with the job id."""
+    return PUBLIC_MESSAGES.get(reason, "image generation failed")
+
+
 def classify(exc: BaseException) -> str:
     """Failure reason of an exception, by type: nan, oom or error."""
     if isinstance(exc, NonFiniteOutput):
@@ -60,7 +73,9 @@ class Retirer:
                 for job, _ in ordered:
                     self.retire(engine, [job])
                 return
-            self.fail(ordered[0][0], classify(exc), str(exc) or type(exc).__name__)
+            reason = classify(exc)
+            log.warning("decode failed job_id=%s reason=%s: %r", ordered[0][0].job_id, reason, exc)
+            self.fail(ordered[0][0], reason, public_message(exc, reason))
             return
         decode_s = (time.monotonic() - started) / max(1, len(ordered))
         offset = 0

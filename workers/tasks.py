@@ -20,7 +20,7 @@ from model.engine import BatchEngine
 from model.errors import Canceled
 from model.txt2img import txt2img as generate
 from workers.images import encode
-from workers.retire import classify
+from workers.retire import classify, public_message
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def txt2img(job_id: str) -> dict[str, Any]:
         store.finish(job_id, JobStatus.canceled)
         return {"canceled": True}
     except Exception as exc:
-        error = JobError(type=classify(exc), message=str(exc) or type(exc).__name__)
+        reason = classify(exc)
+        error = JobError(type=reason, message=public_message(exc, reason))
         store.finish(job_id, JobStatus.failed, error=error)
         raise
     store.finish(job_id, JobStatus.succeeded, images=encoded, sampling_s=sampling_s, decode_s=0.0)
