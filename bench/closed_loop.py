@@ -72,13 +72,40 @@ def poll_delay(poll: str, view: dict[str, object]) -> float:
     return min(max(remaining, 0.05), 1.0)
 
 
-def one_request(
-    client: httpx.Client, index: int, params: Params, poll: str, deadline: float
-) -> tuple[bool, str, str | None, dict[str, float]]:
-    """Submit, poll until terminal, fetch image 0.
+def submit(
+    client: httpx.Client, body: dict[str, object], deadline: float,
+    on_refused: Callable[[], None] | None = None,
+) -> httpx.Response | None:  # fmt: skip
+    """POST /v1/txt2img. With `on_refused`, a 429/503 is reported to it and the submission is
+    retried after the response's Retry-After (as a polite client does); None if the deadline
+    passes while backing off."""
+    while True:
+        response = client.post("/v1/txt2img", json=body)
+        if on_refused is None or response.status_code not in (429, 503):
+            return response
+        on_refused()
+        try:
+            wait = float(response.headers.get("Retry-After", "1"))
+        except ValueError:
+            wait = 1.0
+        if time.monotonic() + wait >= deadline:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return None
+        time.sleep(wait)
 
-    Returns (ok, error, job id if cut off at the deadline, the job's timings)."""
-    response = client.post("/v1/txt2img", json=params.body(index))
+
+def one_request(
+    client: httpx.Client, index: int, params: Params, poll: str, deadline: float,
+    on_refused: Callable[[], None] | None = None,
+) -> tuple[bool, str, str | None, dict[str, float]]:  # fmt: skip
+    """Submit (backing off on 429/503 when `on_refused` is given), poll until terminal, fetch
+    image 0.
+
+    Returns (ok, error, job id if cut off at the deadline, the job's timings); ok False with no
+    error and no job id: the deadline passed while backing off."""
+    response = submit(client, params.body(index), deadline, on_refused)
+    if response is None:
+        return False, "", None, {}
     if response.status_code != 202:
         return False, f"submit {response.status_code}", None, {}
     view = response.json()
@@ -112,15 +139,19 @@ class Drive:
     outcomes: list[Outcome]
     unfinished: int  # requests cut off at the deadline (canceled)
     start: float
+    refused: int = 0  # 429/503 answers backed off from (with `backoff`)
     # (monotonic time, probe()) when every client had finished its first request, and at the end
     steady: tuple[float, dict[str, float]] | None = None
     end: tuple[float, dict[str, float]] | None = None
 
 
 def drive(url: str, clients: int, params: Params, poll: str, seconds: float, requests: int,
-          first_index: int = 0, probe: Probe | None = None) -> Drive:  # fmt: skip
+          first_index: int = 0, probe: Probe | None = None,
+          headers: dict[str, str] | None = None, backoff: bool = False) -> Drive:  # fmt: skip
     """Run the client threads until the time (or request) budget is spent; `probe` (the worker's
-    metrics) is sampled when the steady state begins and at the deadline."""
+    metrics) is sampled when the steady state begins and at the deadline. `headers` go with
+    every request (e.g. Authorization); with `backoff` a 429/503 on submit waits its Retry-After
+    and retries instead of counting as a failure (counted in `Drive.refused`)."""
     counter = iter(range(first_index, first_index + (requests or 10**9)))
     lock = threading.Lock()
     result = Drive([], 0, time.monotonic())
@@ -138,8 +169,12 @@ def drive(url: str, clients: int, params: Params, poll: str, seconds: float, req
     def at_deadline() -> None:
         result.end = sample()
 
+    def refused() -> None:
+        with lock:
+            result.refused += 1
+
     def loop(client_id: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
             while time.monotonic() < deadline:
                 with lock:
                     index = next(counter, None)
@@ -147,10 +182,14 @@ def drive(url: str, clients: int, params: Params, poll: str, seconds: float, req
                     return
                 submitted = time.monotonic()
                 try:
-                    ok, error, pending, timings = one_request(client, index, params, poll, deadline)
+                    ok, error, pending, timings = one_request(
+                        client, index, params, poll, deadline, refused if backoff else None
+                    )
                 except httpx.HTTPError as exc:
                     ok, error, pending, timings = False, type(exc).__name__, None, {}
                 done = time.monotonic()
+                if not ok and not error and pending is None:
+                    return  # the deadline passed while backing off: nothing was submitted
                 with lock:
                     if pending is not None:
                         unfinished.append(pending)
@@ -178,7 +217,7 @@ def drive(url: str, clients: int, params: Params, poll: str, seconds: float, req
     timer.cancel()
     if result.end is None:  # --requests finished before the deadline
         result.end = sample()
-    with httpx.Client(base_url=url, timeout=10) as client:  # free the worker at once
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:  # free the worker
         for job_id in unfinished:
             with contextlib.suppress(httpx.HTTPError):
                 client.delete(f"/v1/jobs/{job_id}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -15,11 +16,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
+import redis
+
+from bench.closed_loop import TERMINAL
 
 REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------
@@ -78,10 +83,17 @@ def free_port() -> int:
 
 
 class Stack:
-    """A private redis-server, API and worker on free loopback ports; logs in a temp dir."""
+    """A private redis-server, API and worker on free loopback ports; logs in a temp dir.
+
+    `source`: the checkout whose `ldm-serve api` and `worker` run (cwd and PYTHONPATH; another
+    revision's tree from `worktree()` for a baseline); `env`: extra or overriding variables
+    (e.g. LDM_API_KEYS) for the API and the worker.
+    """
 
     def __init__(self, model: Path, max_batch: int, workdir: Path, name: str,
-                 threads: int | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, *, source: Path = REPO,
+                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        self.source = Path(source).resolve()
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.redis_port, self.api_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -89,7 +101,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.env = {
-            **os.environ, "PYTHONPATH": str(REPO), "REDIS_URL": self.redis_url,
+            **os.environ, "PYTHONPATH": str(self.source), "REDIS_URL": self.redis_url,
             "LDM_MODEL": str(model), "LDM_MODEL_NAME": "default", "LDM_DEVICE": "cpu",
             "LDM_DTYPE": "float32", "LDM_MAX_BATCH": str(max_batch),
             "LDM_METRICS_PORT": str(self.metrics_port), "LDM_RATE_LIMIT": "0",
@@ -97,11 +109,12 @@ class Stack:
         }  # fmt: skip
         if threads:  # the worker's torch.set_num_threads, as the direct run's
             self.env["LDM_TORCH_THREADS"] = str(threads)
+        self.env.update(env or {})
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(argv, cwd=self.source, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         log.close()
         self.procs.append((name, proc))
 
@@ -128,6 +141,43 @@ class Stack:
                         return
                 time.sleep(0.2)
         raise RuntimeError(f"stack not ready after {timeout:g}s:\n{self.log('worker')}")
+
+    def pid(self, name: str) -> int:
+        """Process id of 'redis', 'api' or 'worker'."""
+        return next(proc.pid for n, proc in self.procs if n == name)
+
+    def imports_from(self) -> str:
+        """Where the stack's processes import `workers` and `service` from (a baseline check)."""
+        code = "import service, workers; print(service.__file__, workers.__file__)"
+        out = subprocess.run([sys.executable, "-c", code], cwd=self.source, env=self.env,
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        return out.stdout.strip() or out.stderr.strip()[-300:]
+
+    def jobs(self) -> dict[str, tuple[str, str, str, int]]:
+        """Every job record in the stack's Redis: id -> (status, owner, 'WxH', sample-steps done
+        so far: all of them once succeeded, else the last progress the worker reported)."""
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        ids = [k for k in client.scan_iter("ldm:job:*", count=1000) if k.count(":") == 2]
+        pipe = client.pipeline(transaction=False)
+        for key in ids:
+            pipe.hmget(key, "status", "progress_step", "request", "owner")
+        out = {}
+        for key, (status, step, request, owner) in zip(ids, pipe.execute(), strict=True):
+            if request:
+                req = json.loads(request)
+                done = int(req["steps"]) if status == "succeeded" else int(step or 0)
+                size, images = f"{req['width']}x{req['height']}", req.get("num_images", 1)
+                out[key.split(":")[-1]] = (status, owner or "", size, done * images)
+        client.close()
+        return out
+
+    def settle(self, timeout: float = 300.0) -> None:
+        """Wait until every job record is terminal (succeeded, failed, canceled, expired)."""
+        deadline = time.monotonic() + timeout
+        while any(job[0] not in TERMINAL for job in self.jobs().values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"jobs still not terminal after {timeout:g}s")
+            time.sleep(0.5)
 
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"
@@ -176,10 +226,25 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(model: Path, max_batch: int, workdir: Path, name: str,
-                  threads: int | None) -> Iterator[Stack]:  # fmt: skip
-    stack = Stack(model, max_batch, workdir, name, threads)
+                  threads: int | None, **options: object) -> Iterator[Stack]:  # fmt: skip
+    """A started Stack (options: Stack's `source`, `env`), stopped on exit."""
+    stack = Stack(model, max_batch, workdir, name, threads, **options)  # type: ignore[arg-type]
     try:
         stack.start()
         yield stack
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """A detached `git worktree` of `rev` in a temp dir (another revision's code for a baseline),
+    removed on exit."""
+    path = Path(tempfile.mkdtemp(prefix=f"ldm-bench-{rev[:12]}-"))
+    git = ["git", "-C", str(REPO), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(path), rev], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
