@@ -93,6 +93,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server for one test that stops, freezes or kills it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """A clean Redis database for one test."""
     import redis

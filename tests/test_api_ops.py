@@ -6,8 +6,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -82,15 +80,6 @@ def test_openapi_and_docs(api: ApiServer) -> None:
 def test_importing_the_app_does_not_load_torch() -> None:
     code = "import sys, service.main; assert 'torch' not in sys.modules, 'torch loaded'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
-
-
-@pytest.fixture()
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server this test may stop, restart and reconfigure."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_redis_outage_is_503_then_recovers(own_redis: RedisServer) -> None:

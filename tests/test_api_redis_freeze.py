@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,15 +26,6 @@ ANSWER_MAX_S = 2.5
 
 
 pytestmark = pytest.mark.slow  # real processes for tens of seconds: full tier only
-
-
-@pytest.fixture()
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server this test freezes."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()

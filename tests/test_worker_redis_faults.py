@@ -93,10 +93,9 @@ def test_a_full_redis_neither_kills_the_worker_nor_strands_its_jobs(
 
 
 def test_the_worker_exits_non_zero_once_redis_is_gone_past_the_retry_window(
-    tiny_model: Path, tmp_path: Path
+    own_redis: RedisServer, tiny_model: Path, tmp_path: Path
 ) -> None:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
+    server = own_redis
     env = {"LDM_REDIS_RETRY_SECONDS": "3"}
     worker = WorkerProcess(server.url, tiny_model, tmp_path, env).start()
     try:
