@@ -185,7 +185,8 @@ class Bench:
             self.report.row(f"{a} vs {b}", "n/a", "n/a", flags)
 
 
-def header(smoke: bool, argv: list[str], device: torch.device) -> list[str]:
+def header(smoke: bool, argv: list[str], device: torch.device, prog: str = "bench.gpu"
+           ) -> list[str]:  # fmt: skip
     import diffusers
     import transformers
 
@@ -202,7 +203,7 @@ def header(smoke: bool, argv: list[str], device: torch.device) -> list[str]:
         f"{diffusers.__version__}, transformers {transformers.__version__}; TF32 matmul/cuDNN "
         f"{torch.backends.cuda.matmul.allow_tf32}/{torch.backends.cudnn.allow_tf32}, "
         f"cudnn.benchmark {torch.backends.cudnn.benchmark}",
-        f"- command: `{' '.join(['python -m bench.gpu', *argv])}`",
+        f"- command: `{' '.join([f'python -m {prog}', *argv])}`",
     ]
 
 

@@ -1,25 +1,21 @@
 #!/usr/bin/env bash
-# One lent-GPU session, run once from the repo root (device time is scarce, so everything is here):
-#   1. stage 2 of the default model: three batch/lr candidates trained concurrently on the GPU
-#      (a tiny UNet is launch-bound, so they share it well); steps sized from a short probe so the
-#      whole run fits TRAIN_S seconds; the pick is made later on validation prompts, not here;
-#   2. the CUDA-only tests (fp16/bf16 vs fp32, fp32 VAE under fp16);
-#   3. bench/gpu.py: SD-1.5-size ours vs diffusers (fp16 speed, memory, pixel differences).
-# Needs: .whl (transformers 5.24.0, diffusers 0.42.1, importlib_metadata) and the stage-1
-# autoencoder at $AUTOENCODER. Writes at most 8 files under $OUT.
-# Env: DEVICE (cuda), TRAIN_S (270), NUM_IMAGES (50000), PROBE_STEPS (150), BENCH_ARGS (""),
-# CANDIDATES ("name:batch:lr ..."), TRAIN_ONLY (set: stop after training and validation).
+# One lent-GPU session for compiled sampling (issue 15), run once from the repo root; every part
+# has its own time limit, so a failure or an overrun costs that part only. Under 10 minutes:
+#   1. bench/gpu_compiled.py: SD 1.5-size random weights, 512 px, 25 DDIM steps, CFG, fp16: ours
+#      eager / CUDA graphs (+ channels_last) / graphs over inductor vs diffusers eager and
+#      diffusers + torch.compile, 1 and 16 images; CFG fused vs split; decode memory per batch;
+#   2. bench/load.py --device cuda: api + worker (LDM_COMPILE=auto) + 32 closed-loop clients vs
+#      the direct pipeline at the worker's batch;
+#   3. the CUDA tests (graphs vs eager, fp16/bf16 vs fp32, fp32 VAE).
+# Needs (carried, see docs/benchmarks.md): .whl (diffusers, transformers and the API's packages
+# for the image's Python) and .gpu_carry/redis (a redis-server that runs there). Writes $OUT.
+# Env: DEVICE (cuda), COMPILED_S (370), LOAD_S (120), TESTS_S (60); SMOKE=1: a CPU dry run.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEVICE=${DEVICE:-cuda}
-TRAIN_S=${TRAIN_S:-270}
-NUM_IMAGES=${NUM_IMAGES:-50000}
-PROBE_STEPS=${PROBE_STEPS:-150}
-AUTOENCODER=${AUTOENCODER:-runs/autoencoder_zero_decoder/autoencoder.pt}
-CANDIDATES=${CANDIDATES:-"b128_lr6e-4:128:6e-4 b256_lr8e-4:256:8e-4 b512_lr1e-3:512:1e-3"}
 WORK=${WORK:-/tmp/gpu_work}
-mkdir -p "$OUT" "$WORK/logs"
-export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=$WORK/inductor
 began=$(date +%s)
 say() { echo "[session +$(($(date +%s) - began))s] $*" | tee -a "$OUT/summary.txt"; }
 
@@ -30,93 +26,36 @@ if [ -d .whl ] && [ "$DEVICE" = cuda ]; then
 else
   export PYTHONPATH=$PWD
 fi
-say "host $(hostname); $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null)"
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
+[ -d .gpu_carry/redis ] && export PATH=$PWD/.gpu_carry/redis:$PATH
+say "host $(hostname); $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null); $(nproc) cores"
+python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)" 2>&1 | tee -a "$OUT/summary.txt"
+redis-server --version 2>&1 | tee -a "$OUT/summary.txt"
 
-train() {  # name batch lr steps run_root time_limit(0: none)
-  timeout "$6" python3 -m cli.main train ldm --device "$DEVICE" --steps "$4" --batch-size "$2" --lr "$3" \
-    --num-images "$NUM_IMAGES" --sample-every 0 --no-resume --autoencoder "$AUTOENCODER" \
-    --run-dir "$5/$1" --output "$5/$1/model"
-}
-
-say "probe: $PROBE_STEPS steps of each candidate, concurrently"
-for c in $CANDIDATES; do
-  IFS=: read -r name batch lr <<<"$c"
-  train "$name" "$batch" "$lr" "$PROBE_STEPS" "$WORK/probe" 120 >"$WORK/logs/probe_$name.log" 2>&1 &
-done
-wait
-plan=""
-for c in $CANDIDATES; do
-  IFS=: read -r name batch lr <<<"$c"
-  rate=$(grep -o '[0-9.]* it/s' "$WORK/logs/probe_$name.log" | tail -1 | cut -d' ' -f1)
-  steps=$(python3 -c "print(max(${MIN_STEPS:-250}, min(40000, int(${rate:-0} * $TRAIN_S * 0.9 / 250) * 250)))")
-  say "$name: probe ${rate:-?} it/s -> $steps steps"
-  plan="$plan $name:$batch:$lr:$steps"
-done
-
-say "training the candidates for ~${TRAIN_S}s"
-for p in $plan; do
-  IFS=: read -r name batch lr steps <<<"$p"
-  train "$name" "$batch" "$lr" "$steps" "$WORK/runs" $((TRAIN_S + 90)) \
-    >"$WORK/logs/train_$name.log" 2>&1 &
-done
-wait
-for p in $plan; do
-  IFS=: read -r name _ _ steps <<<"$p"
-  say "$name: $(grep -E 'trained in|Error|error' "$WORK/logs/train_$name.log" | tail -1)"
-done
-for p in $plan; do  # one tar per candidate: a returned file may be at most 16 MB
-  IFS=: read -r name _ _ _ <<<"$p"
-  tar cf "$OUT/model_$name.tar" -C "$WORK/runs" "$name/model" "$name/losses.json" "$name/config.json"
-done
-
-say "validation adherence (150 prompts, seed 30000, guidance 3, fp32 on $DEVICE)"
-for p in $plan; do
-  IFS=: read -r name _ _ _ <<<"$p"
-  timeout 60 python3 - "$WORK/runs/$name/model" "$DEVICE" <<'EOF' 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
-import sys
-from pathlib import Path
-
-import numpy as np
-import torch
-
-from model.engine import BatchEngine
-from model.pipeline import load_pipeline
-from model.txt2img import txt2img
-from training.judge import adherence
-from training.shapes import eval_samples
-
-pipe = load_pipeline(Path(sys.argv[1]), sys.argv[2], torch.float32)
-samples = eval_samples(150, seed=30_000)
-images = []
-for i in range(0, len(samples), 50):
-    b = samples[i : i + 50]
-    out = txt2img(
-        BatchEngine(pipe),
-        prompts=[s.caption for s in b], seeds=[5000 + i + j for j in range(len(b))],
-        width=64, height=64, steps=25, guidance_scale=3.0, sampler="ddim",
-    )
-    images += [np.asarray(o.convert("RGB")) for o in out]
-m = adherence(images, samples)
-print(sys.argv[1].split("/")[-2], {k: round(v, 3) for k, v in m.items() if not k.startswith("num")})
-EOF
-done
-
-if [ -n "${TRAIN_ONLY:-}" ]; then
-  tar czf "$OUT/logs.tar.gz" -C "$WORK" logs
-  say "done (TRAIN_ONLY)"
-  exit 0
+if [ -n "${SMOKE:-}" ]; then
+  compiled=(--smoke --big 2)
+  load=(--tiny --device cpu --compile off --clients 4 --max-batch 4 --direct-batch 4 --seconds 5
+        --direct-repeats 1 --width 64 --height 64)
+else
+  compiled=(--device "$DEVICE")
+  load=(--sd15 --device "$DEVICE" --dtype float16 --compile auto --clients 32 --max-batch 16
+        --direct-batch 16 --seconds 30 --direct-repeats 2 --width 512 --height 512)
 fi
+
+say "1. bench/gpu_compiled.py"
+timeout "${COMPILED_S:-370}" python3 -m bench.gpu_compiled --out "$OUT/gpu_compiled.md" \
+  --budget-s $((${COMPILED_S:-370} - 60)) "${compiled[@]}" >"$OUT/gpu_compiled.log" 2>&1
+say "gpu_compiled exit $?"
+
+say "2. bench/load.py (service vs direct)"
+timeout "${LOAD_S:-120}" python3 -m bench.load "${load[@]}" --configs direct,batched --no-flops \
+  >"$OUT/load.log" 2>&1
+say "load exit $? : $(grep -A12 '## results' "$OUT/load.log" | tr '\n' ' ' | cut -c1-900)"
+
 if [ "$DEVICE" = cuda ]; then
-  say "CUDA tests"
-  timeout 120 python3 -m pytest -q -m gpu tests/test_model_gpu.py tests/test_training_smoke.py -p no:cacheprovider \
-    >"$OUT/gpu_tests.log" 2>&1
+  say "3. CUDA tests"
+  timeout "${TESTS_S:-60}" python3 -m pytest -q -m gpu tests/test_model_compiled.py \
+    tests/test_model_gpu.py -p no:cacheprovider >"$OUT/gpu_tests.log" 2>&1
   say "CUDA tests exit $? : $(tail -1 "$OUT/gpu_tests.log")"
 fi
-say "bench/gpu.py"
-# shellcheck disable=SC2086
-timeout "${BENCH_S:-150}" python3 -m bench.gpu --out "$OUT/gpu_bench.md" ${BENCH_ARGS:-} \
-  >"$WORK/logs/bench.log" 2>&1
-say "bench exit $?"
-tar czf "$OUT/logs.tar.gz" -C "$WORK" logs
+cat "$OUT/gpu_compiled.md" 2>/dev/null
 say "done"

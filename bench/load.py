@@ -54,7 +54,9 @@ def run_service(name: str, model: Path, max_batch: int, args: argparse.Namespace
     """One configuration: fresh stack, warm-up, measured closed-loop load, worker metrics."""
     print(f"\n## {name}: LDM_MAX_BATCH={max_batch}, {args.clients} clients", flush=True)
     started = time.monotonic()
-    with running_stack(model, max_batch, workdir, name, args.threads) as stack:
+    env = {"LDM_DEVICE": args.device, "LDM_DTYPE": args.dtype, "LDM_COMPILE": args.compile,
+           "LDM_DEFAULT_SIZE": str(args.width)}  # warm-up at the request's size  # fmt: skip
+    with running_stack(model, max_batch, workdir, name, args.threads, env=env) as stack:
         print(f"stack ready in {time.monotonic() - started:.1f}s; warming up", flush=True)
         warm = min(args.clients, max_batch)
         warmup = drive(stack.url, warm, params, args.poll, 300, warm, first_index=10**6)
@@ -95,7 +97,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="torch threads of the worker and the direct run (default: torch's)",
     )
+    parser.add_argument(
+        "--sd15",
+        action="store_true",
+        help="build random SD 1.5-size weights (bench.gpu_models; needs diffusers; use a GPU)",
+    )
+    parser.add_argument("--device", default="cpu", help="worker and direct run: cpu, cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument(
+        "--compile",
+        default="off",
+        choices=("off", "on", "auto"),
+        help="LDM_COMPILE of the worker, and the direct run compiled alike",
+    )
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--direct-batch", type=int, default=0, help="batch of the direct run (default: --clients)"
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="measured load per config")
     parser.add_argument(
         "--requests",
@@ -172,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             model = build_tiny_sd(workdir / "tiny-sd")
         elif args.standin:
             model = build_standin(workdir / "standin")
+        elif args.sd15:
+            from bench.gpu_models import SD15, build_random_sd
+
+            model = build_random_sd(workdir / "sd15", SD15, args.device, torch.float16)
         elif not (model / "model_index.json").exists() and not model.is_file():
             print(f"no model at {model}: pass --model PATH or --tiny", file=sys.stderr)
             return 2
@@ -188,11 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- per config: {args.requests or f'{args.seconds:g}s of'} requests from "
               f"{args.clients} closed-loop clients, after a warm-up", flush=True)  # fmt: skip
 
-        pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
-        direct = DirectResult(batch=args.clients, steps=params.steps)
+        from model.compiled import should_compile
+        from model.devices import DTYPES
+
+        pipe = load_pipeline(model, device=args.device, dtype=DTYPES[args.dtype])
+        if should_compile(args.compile, pipe.device):
+            pipe.compile()
+        direct = DirectResult(batch=args.direct_batch or args.clients, steps=params.steps)
         if "direct" in args.configs:
-            print(f"\n## direct: Pipeline.txt2img at batch {args.clients}", flush=True)
-            direct_generate(pipe, params, args.clients)  # warm-up
+            print(f"\n## direct: Pipeline.txt2img at batch {direct.batch}", flush=True)
+            direct_generate(pipe, params, direct.batch)  # warm-up
             for _ in range(args.direct_repeats):
                 direct.timed(pipe, params)
             print("before: " + ", ".join(f"{t:.2f}s" for t in direct.times), flush=True)

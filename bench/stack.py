@@ -70,6 +70,11 @@ def loadavg() -> str:
         return "?"
 
 
+def pythonpath() -> list[str]:
+    """This process's PYTHONPATH entries (e.g. packages carried to a device), kept for children."""
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as sock:
@@ -101,7 +106,8 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.env = {
-            **os.environ, "PYTHONPATH": str(self.source), "REDIS_URL": self.redis_url,
+            **os.environ, "REDIS_URL": self.redis_url,
+            "PYTHONPATH": os.pathsep.join([str(self.source), *pythonpath()]),
             "LDM_MODEL": str(model), "LDM_MODEL_NAME": "default", "LDM_DEVICE": "cpu",
             "LDM_DTYPE": "float32", "LDM_MAX_BATCH": str(max_batch),
             "LDM_METRICS_PORT": str(self.metrics_port), "LDM_RATE_LIMIT": "0",

@@ -32,6 +32,11 @@ def run_generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype], args.config,
                          args.clip_skip)  # fmt: skip
+    if args.compile:  # compiled lazily, per bucket, on the first call (model/compiled.py)
+        from model.compiled import persist_cache
+
+        persist_cache(Path.home() / ".cache" / "ldm-serve" / "inductor")
+        pipe.compile()
     loaded = time.perf_counter()
     n = args.num_images
     specs = specs_for(
@@ -134,6 +139,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         type=float,
         default=None,
         help="how much of the schedule to run from the init image (0.75; 1 inpaint)",
+    )
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="inductor on the CPU, CUDA graphs on a GPU (first run per shape compiles)",
     )
     gen.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
     gen.set_defaults(handler=_with_model_defaults)

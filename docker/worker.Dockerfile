@@ -21,9 +21,10 @@ ENV TORCH_INDEX_URL=${TORCH_INDEX_URL} \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 # Ubuntu 24.04 ships Python 3.12 (pyproject requires >= 3.11); a venv avoids PEP 668's system pip lock.
+# gcc and python3-dev: Triton builds its kernel launcher with them when LDM_COMPILE compiles.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3 python3-venv ca-certificates \
+        python3 python3-venv python3-dev gcc ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 
@@ -39,7 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin ldm \
-    && mkdir -p /models && chown ldm:ldm /models
+    && mkdir -p /models /cache && chown ldm:ldm /models /cache
 WORKDIR /app
 
 # torch first, from the index that matches the device, so `.[worker]` finds it already satisfied

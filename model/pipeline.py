@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.compiled import bucket_rows, compile_call, pad_rows
 from model.components import Components
 from model.conditioning import TextConditioner
 from model.errors import NonFiniteOutput
@@ -43,6 +44,30 @@ class Pipeline:
         # Decode this many images at a time: the fp32 VAE's activations dominate peak memory (an
         # H100 run of 4 SD images peaked 2.4x above diffusers' before; docs/benchmarks.md).
         self.decode_batch = 2
+        self.compiled = False
+        self.unet_call = components.unet.__call__
+        self.decode_call = components.vae.decode
+
+    def compile(self, inductor: bool = True) -> None:
+        """Run the UNet and the VAE decoder compiled (model/compiled.py): calls are padded to
+        batch buckets and each bucket is compiled or captured on first use (see `warm_up`)."""
+        self.unet_call = compile_call(self.components.unet, self.device, inductor)
+        self.decode_call = compile_call(self.components.vae.decode, self.device, inductor)
+        self.compiled = True
+
+    def warm_up(self, width: int, height: int, max_images: int, guided: bool = True) -> None:
+        """Compile or capture every UNet bucket up to `max_images` (CFG doubles the rows) and the
+        decoder at `width` x `height`, so the first requests of that size wait for nothing."""
+        f, c = self.downsampling_factor, self.components.unet.config.in_channels
+        context = self.conditioner.encode("")  # (1, L, D)
+        rows = (1 + guided) * max_images
+        buckets = sorted({bucket_rows(n) for n in range(1, rows + 1)})
+        with torch.inference_mode():
+            for n in buckets:
+                x = torch.zeros(n, c, height // f, width // f, device=self.device)
+                t = torch.full((n,), 500.0, device=self.device)  # float32, as the engine
+                self.network(x, t, context.expand(n, -1, -1))
+            self.decode_latents(torch.zeros(1, self.latent_channels, height // f, width // f))
 
     @property
     def latent_scale(self) -> float:
@@ -70,13 +95,13 @@ class Pipeline:
         """UNet eps/v output (B, C, h, w) float32 for VP inputs, in the model's dtype.
 
         Never runs a single row: CPU conv kernels differ at batch 1 only, so duplicating a lone
-        row keeps every image bit-identical whatever shares its batch.
+        row keeps every image bit-identical whatever shares its batch. Compiled, every batch is
+        padded to its bucket (model/compiled.py) so that a bounded set of shapes ever runs.
         """
-        unet = self.components.unet
-        x_in = x_in.to(self.dtype)
-        if len(x_in) > 1:
-            return unet(x_in, t, context).float()
-        return unet(x_in.repeat(2, 1, 1, 1), t.repeat(2), context.repeat(2, 1, 1))[:1].float()
+        n = len(x_in)
+        rows = bucket_rows(n) if self.compiled else max(n, 2)
+        x_in, t, context = (pad_rows(a, rows) for a in (x_in.to(self.dtype), t, context))
+        return self.unet_call(x_in, t, context)[:n].float()
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -112,13 +137,12 @@ class Pipeline:
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents (b, C, h, w) -> pixels (b, 3, H, W) in [-1, 1], tiled when large."""
-        vae = self.components.vae
         # never decode a lone latent: CPU conv kernels differ at batch 1 (see `network`)
-        z_in = z.repeat(2, 1, 1, 1) if len(z) == 1 else z
+        z_in = pad_rows(z, bucket_rows(len(z)) if self.compiled else max(len(z), 2))
         if max(z.shape[-2:]) > self.tile_latents:
-            f = vae.config.downsampling_factor
-            return decode_tiled(vae.decode, z_in, f, self.tile_latents)[: len(z)]
-        return vae.decode(z_in)[: len(z)]
+            f = self.downsampling_factor
+            return decode_tiled(self.decode_call, z_in, f, self.tile_latents)[: len(z)]
+        return self.decode_call(z_in)[: len(z)]
 
 
 def load_pipeline(

@@ -52,8 +52,8 @@ SD2_UNET = UNetConfig(
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding [cos, sin] of (possibly fractional) timesteps (Vaswani et al., 2017)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    freqs = freqs.to(t.device)
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)  # on t's device: no copy
+    freqs = torch.exp(-math.log(max_period) * steps / half)  # inside a captured CUDA graph
     # Row by row: vectorised cos/sin round differently in a vector body and its scalar tail, so a
     # whole-batch call would make a row's embedding depend on its position in the batch.
     if t.device.type != "cpu":
@@ -66,15 +66,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class RowwiseLinear(nn.Linear):
     """nn.Linear whose rows never depend on the batch size (CPU GEMM picks M-dependent kernels).
 
-    Used on the (B, emb) timestep path so an image is bit-identical alone or batched; the cost is
-    negligible next to the convolutions.
+    Used on the (B, emb) timestep path so an image is bit-identical alone or batched; each
+    distinct row is computed once, so the cost stays small next to the convolutions.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":  # bit-identity is promised on CPU; GPUs take the batched GEMM
             return super().forward(x)
-        rows = [F.linear(row[None], self.weight, self.bias) for row in x]  # B x (1, out)
-        return torch.cat(rows)  # (B, out)
+        # compiled: unrolled for the fixed batch; training: unique() has no derivative
+        if torch.compiler.is_compiling() or torch.is_grad_enabled():
+            return torch.cat([F.linear(row[None], self.weight, self.bias) for row in x])
+        # Rows repeat (a CFG pair, samples at the same step share t): each distinct row once.
+        distinct, inverse = torch.unique(x, dim=0, return_inverse=True)  # (U, in), (B,)
+        rows = [F.linear(row[None], self.weight, self.bias) for row in distinct]  # U x (1, out)
+        return torch.cat(rows)[inverse]  # (B, out)
 
 
 class ResBlock(nn.Module):

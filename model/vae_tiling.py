@@ -6,8 +6,9 @@ Peak activation memory scales with the tile, not the image (the approach of diff
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
 
 
 def blend_ramp(size: int, overlap: int, start: bool, end: bool) -> torch.Tensor:
@@ -31,8 +32,8 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 @torch.inference_mode()
-def decode_tiled(decode: nn.Module, z: torch.Tensor, f: int, tile: int = 64, overlap: int = 16
-                 ) -> torch.Tensor:  # fmt: skip
+def decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, f: int,
+                 tile: int = 64, overlap: int = 16) -> torch.Tensor:  # fmt: skip
     """decode(z) for z (B, C, h, w) via tiles of `tile` latent pixels; returns (B, 3, h*f, w*f)."""
     batch, _, height, width = z.shape
     out = torch.zeros(batch, 3, height * f, width * f, dtype=torch.float32, device=z.device)

@@ -71,6 +71,11 @@ class WorkerMetrics:
             "ldm_worker_model_load_seconds", "Seconds the model took to load.", labels,
             registry=registry,
         ).labels(model)  # fmt: skip
+        self.compile_seconds = Gauge(
+            "ldm_worker_compile_seconds",
+            "Seconds spent compiling and capturing the model before the worker took jobs "
+            "(0: eager).", labels, registry=registry,
+        ).labels(model)  # fmt: skip
         self._memory = Gauge(
             "ldm_worker_device_memory_bytes", "Device memory in use.", [*labels, "device"],
             registry=registry,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from redis import Redis
 
@@ -20,6 +22,9 @@ from workers.metrics import WorkerMetrics, serve
 from workers.rq_bridge import Heartbeat, RqBridge
 from workers.settings import WorkerSettings
 from workers.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from model.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,24 @@ def model_backend(settings: WorkerSettings) -> Backend:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     pipe = load_pipeline(settings.model, device=device, dtype=resolve_dtype(settings.dtype, device))
-    return Backend(engine_factory=lambda: BatchEngine(pipe), device=device)
+    return Backend(lambda: BatchEngine(pipe), device, compile_for_serving(pipe, settings))
+
+
+def compile_for_serving(pipe: Pipeline, settings: WorkerSettings) -> float:
+    """Compile (LDM_COMPILE) and warm every batch bucket up at the default size, before the
+    worker registers and so before /readyz counts it; returns the seconds it took."""
+    from model.compiled import persist_cache, should_compile
+
+    if not should_compile(settings.compile, pipe.device):
+        return 0.0
+    cache = Path(settings.compile_cache or Path.home() / ".cache" / "ldm-serve" / "inductor")
+    persist_cache(cache)
+    started = time.monotonic()
+    pipe.compile()
+    pipe.warm_up(settings.default_size, settings.default_size, settings.max_batch)
+    seconds = time.monotonic() - started
+    log.info("compiled device=%s seconds=%.1f cache=%s", pipe.device, seconds, cache)
+    return seconds
 
 
 def connect_redis(settings: WorkerSettings) -> Redis:
@@ -66,7 +88,8 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     serve(settings.metrics_port)
     started = time.monotonic()
     backend = backend_factory(settings)
-    metrics.model_load.set(time.monotonic() - started)
+    metrics.model_load.set(time.monotonic() - started - backend.compile_seconds)
+    metrics.compile_seconds.set(backend.compile_seconds)
     log.info(
         "model_loaded model=%s path=%s device=%s seconds=%.3f max_batch=%d",
         settings.model_name, settings.model, backend.device, time.monotonic() - started,

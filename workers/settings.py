@@ -41,6 +41,14 @@ class WorkerSettings(BaseSettings):
         default=30.0, ge=0
     )  # then exit non-zero and let restart handle it
     log_level: str = "INFO"
+    # Compiled sampling (model/compiled.py): auto = CUDA graphs on a GPU, eager on the CPU, where
+    # inductor wins per step but compiles for minutes (docs/benchmarks.md); on = compile anyway.
+    compile: Literal["auto", "off", "on"] = "auto"
+    # Inductor's kernel cache, kept across restarts ("" = ~/.cache/ldm-serve/inductor).
+    compile_cache: str = ""
+    # Warm-up compiles or captures requests of this side (px) before the worker takes jobs; the
+    # API's default size (`ldm-serve up` sets 64 for the shipped model).
+    default_size: int = Field(default=512, ge=8, le=4096)
     # Intra-op CPU threads for torch; 0 keeps torch's default (all cores). On hosts that share CPUs
     # with other processes, fewer threads avoid OpenMP spin-waiting (see docs/benchmarks.md).
     torch_threads: int = Field(default=0, ge=0, le=1024)
