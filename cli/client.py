@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.error
@@ -68,12 +69,20 @@ class Client:
         return result
 
     def submit(
-        self, prompt: str, idempotency_key: str | None = None, **params: Any
+        self,
+        prompt: str,
+        idempotency_key: str | None = None,
+        task: str = "txt2img",
+        **params: Any,
     ) -> dict[str, Any]:
-        """POST /v1/txt2img; returns the queued job."""
+        """POST /v1/{task} (txt2img, img2img, inpaint; image bytes go as base64); returns the
+        queued job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
-        return self._json("POST", "/v1/txt2img", body, headers)
+        for name in ("init_image", "mask_image"):
+            if isinstance(body.get(name), bytes):
+                body[name] = base64.b64encode(body[name]).decode()
+        return self._json("POST", f"/v1/{task}", body, headers)  # fmt: skip
 
     def job(self, job_id: str) -> dict[str, Any]:
         """GET /v1/jobs/{id}."""
@@ -100,7 +109,7 @@ class Client:
             time.sleep(poll)
 
     def txt2img(self, prompt: str, timeout: float = 600.0, **params: Any) -> list[bytes]:
-        """Submit, wait and download every image of one request."""
+        """Submit, wait and download every image of one request (task= for image tasks)."""
         job = self.wait(self.submit(prompt, **params)["id"], timeout=timeout)
         if job["status"] != "succeeded":
             raise JobFailed(job)

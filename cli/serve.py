@@ -40,21 +40,31 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
     client = commands.add_parser("client", help="talk to a running API")
     actions = client.add_subparsers(dest="action", required=True, metavar="ACTION")
-    txt2img = actions.add_parser("txt2img", help="generate images and save them")
-    txt2img.add_argument("prompt")
-    txt2img.add_argument("-o", "--output", type=Path, default=Path("out.png"))
-    txt2img.add_argument("--url", default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"))
-    txt2img.add_argument("--api-key", default=os.environ.get("LDM_API_KEY"))
-    txt2img.add_argument("--negative-prompt")
-    txt2img.add_argument("--width", type=int)
-    txt2img.add_argument("--height", type=int)
-    txt2img.add_argument("--steps", type=int)
-    txt2img.add_argument("--guidance-scale", type=float)
-    txt2img.add_argument("--sampler", choices=[s.value for s in Sampler])
-    txt2img.add_argument("--seed", type=int)
-    txt2img.add_argument("--num-images", type=int)
-    txt2img.add_argument("--timeout", type=float, default=600.0)
-    txt2img.set_defaults(handler=run_client_txt2img)
+    for task, help_text in (
+        ("txt2img", "generate images and save them"),
+        ("img2img", "transform --init-image (SDEdit) and save the results"),
+        ("inpaint", "repaint the --mask's white area of --init-image and save the results"),
+    ):
+        action = actions.add_parser(task, help=help_text)
+        action.add_argument("prompt")
+        action.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+        action.add_argument("--url", default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"))
+        action.add_argument("--api-key", default=os.environ.get("LDM_API_KEY"))
+        action.add_argument("--negative-prompt")
+        action.add_argument("--width", type=int)
+        action.add_argument("--height", type=int)
+        action.add_argument("--steps", type=int)
+        action.add_argument("--guidance-scale", type=float)
+        action.add_argument("--sampler", choices=[s.value for s in Sampler])
+        action.add_argument("--seed", type=int)
+        action.add_argument("--num-images", type=int)
+        action.add_argument("--timeout", type=float, default=600.0)
+        if task != "txt2img":
+            action.add_argument("--init-image", type=Path, required=True)
+            action.add_argument("--strength", type=float, help="0.75 img2img, 1 inpaint")
+        if task == "inpaint":
+            action.add_argument("--mask", type=Path, required=True, help="white = repaint")
+        action.set_defaults(handler=run_client, task=task)
 
 
 def run_api(args: argparse.Namespace) -> int:
@@ -199,15 +209,20 @@ def _start_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes] | None:
     return None
 
 
-def run_client_txt2img(args: argparse.Namespace) -> int:
-    """Submit, wait, save images as OUTPUT (and OUTPUT-1, OUTPUT-2... for more images)."""
+def run_client(args: argparse.Namespace) -> int:
+    """Submit (any task), wait, save images as OUTPUT (and OUTPUT-1, OUTPUT-2... for more)."""
     from cli.client import ApiError, Client, JobFailed
 
     params = {
         "negative_prompt": args.negative_prompt, "width": args.width, "height": args.height,
         "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
-        "seed": args.seed, "num_images": args.num_images,
+        "seed": args.seed, "num_images": args.num_images, "task": args.task,
     }  # fmt: skip
+    if args.task != "txt2img":
+        params["init_image"] = args.init_image.read_bytes()
+        params["strength"] = args.strength
+    if args.task == "inpaint":
+        params["mask_image"] = args.mask.read_bytes()
     suffix = args.output.suffix.lstrip(".").lower()
     if suffix in ("png", "jpeg", "webp", "jpg"):
         params["output_format"] = "jpeg" if suffix == "jpg" else suffix

@@ -8,7 +8,10 @@ OpenAI's edits), else its luminance (white = repaint); both are resized to the j
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import re
 import warnings
 from typing import cast
 
@@ -42,6 +45,18 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImage(f"could not decode the image: {exc}") from None
     return ImageOps.exif_transpose(image)
+
+
+DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
+
+
+def from_base64(value: str) -> bytes:
+    """The bytes of a base64 string or a `data:image/...;base64,` URL (BadImage otherwise)."""
+    text = DATA_URL.sub("", value.strip(), count=1)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadImage("not valid base64 (plain, or a data:image/...;base64, URL)") from None
 
 
 def as_init_image(image: Image.Image) -> Image.Image:

@@ -22,6 +22,16 @@ def image(job_id: str, index: int) -> str:
     return f"{PREFIX}job:{job_id}:image:{index}"
 
 
+def model_tasks(model: str) -> str:
+    """Comma-separated tasks a model's workers can run, written by each worker as it starts."""
+    return f"{PREFIX}model:{model}:tasks"
+
+
+def job_input(job_id: str, name: str) -> str:
+    """Uploaded bytes of an image-conditioned job's input (`init_image`, `mask_image`)."""
+    return f"{PREFIX}job:{job_id}:input:{name}"
+
+
 def cancel(job_id: str) -> str:
     """Flag set by the API when cancellation is requested; workers check it between steps."""
     return f"{PREFIX}job:{job_id}:cancel"

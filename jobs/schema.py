@@ -38,6 +38,14 @@ class Sampler(StrEnum):
     dpmpp_2m = "dpmpp_2m"
 
 
+class Task(StrEnum):
+    """What a job asks of the model (LDM Sec. 3.3 and 4: text-, image- and mask-conditioned)."""
+
+    txt2img = "txt2img"
+    img2img = "img2img"  # SDEdit: start part-way down the schedule from a noised init image
+    inpaint = "inpaint"  # repaint the mask's white (or transparent) area of the init image
+
+
 class OutputFormat(StrEnum):
     """Image encodings a job can ask for."""
 
@@ -141,6 +149,7 @@ class Txt2ImgRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     limits: ClassVar[Limits] = DEFAULT_LIMITS
+    task: ClassVar[Task] = Task.txt2img
 
     prompt: str = _DEFAULT_FIELDS["prompt"]
     negative_prompt: str = _DEFAULT_FIELDS["negative_prompt"]
@@ -186,9 +195,9 @@ class Txt2ImgRequest(BaseModel):
 
     @field_validator("height")
     @classmethod
-    def _max_pixels(cls, height: int, info: ValidationInfo) -> int:
+    def _max_pixels(cls, height: int | None, info: ValidationInfo) -> int | None:
         width = info.data.get("width")
-        if width is not None and width * height > cls.limits.max_pixels:
+        if width is not None and height is not None and width * height > cls.limits.max_pixels:
             raise ValueError(
                 f"width x height = {width * height} pixels exceeds the maximum of "
                 f"{cls.limits.max_pixels}"
@@ -197,6 +206,8 @@ class Txt2ImgRequest(BaseModel):
 
     @model_validator(mode="after")
     def _max_cost(self) -> Txt2ImgRequest:
+        if self.width is None or self.height is None:  # image tasks: checked once sized
+            return self
         cost = self.width * self.height * self.steps * self.num_images
         if cost > self.limits.max_cost:
             raise ValueError(
@@ -205,28 +216,76 @@ class Txt2ImgRequest(BaseModel):
             )
         return self
 
-    def resolve(self, default_model: str, seed: int | None = None) -> ResolvedRequest:
-        """The request with model and seed filled in (random seed when none was given)."""
-        data = self.model_dump()
+    def resolve(
+        self, default_model: str, seed: int | None = None, **resolved: Any
+    ) -> ResolvedRequest:
+        """The request with model and seed filled in (random seed when none was given), and
+        `resolved` values (an image task's task, size and strength) over the request's own."""
+        data = {**self.model_dump(exclude=IMAGE_FIELDS), **resolved}
         data["model"] = self.model or default_model
         if data["seed"] is None:
             data["seed"] = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
         return ResolvedRequest.model_validate(data)
 
 
-def request_model(limits: Limits, models: Sequence[str] = ()) -> type[Txt2ImgRequest]:
-    """A Txt2ImgRequest subclass whose Field bounds (and OpenAPI schema) come from `limits`;
-    with `models`, `model` must name one of them (an enum in the schema)."""
+def request_model(
+    limits: Limits, models: Sequence[str] = (), base: type[Txt2ImgRequest] | None = None
+) -> type[Txt2ImgRequest]:
+    """A subclass of `base` (Txt2ImgRequest) whose Field bounds (and OpenAPI schema) come from
+    `limits`; with `models`, `model` must name one of them (an enum in the schema)."""
+    base = base or Txt2ImgRequest
+    bounded = _bounded_fields(limits)
+    if base is not Txt2ImgRequest:  # image tasks: the size is the init image's unless given
+        for name in ("width", "height"):
+            bounded[name] = _optional_size_field(limits)
     fields: dict[str, Any] = {
-        name: (Txt2ImgRequest.model_fields[name].annotation, info)
-        for name, info in _bounded_fields(limits).items()
+        name: (base.model_fields[name].annotation, info) for name, info in bounded.items()
     }
     if models:
         served = cast(Any, Literal)[tuple(models)]
         fields["model"] = (served | None, Field(None, description="default model when absent"))
-    model = create_model("Txt2ImgRequest", __base__=Txt2ImgRequest, **fields)
+    model = create_model(base.__name__, __base__=base, **fields)
     model.limits = limits
     return model
+
+
+def _optional_size_field(limits: Limits) -> Any:
+    """Width/height of an image task: absent = the init image's, rounded down to 8."""
+    return Field(
+        None,
+        ge=limits.min_size,
+        le=limits.max_size,
+        multiple_of=8,
+        description="multiple of 8; absent: the init image's (rounded down to a multiple of 8)",
+    )
+
+
+IMAGE_DESCRIPTION = "a PNG, JPEG or WebP image: base64, or a data: URL (JSON); a file (multipart)"
+IMAGE_FIELDS = {"init_image", "mask_image"}
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """Body of POST /v1/img2img: SDEdit from `init_image`, running steps x strength steps."""
+
+    init_image: str = Field(min_length=1, strict=True, description=IMAGE_DESCRIPTION)
+    strength: float = Field(
+        0.75, gt=0.0, le=1.0, strict=True,
+        description="how far down the schedule to start: 1 ignores the image's content",
+    )  # fmt: skip
+    width: int | None = _optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
+    height: int | None = _optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
+    task: ClassVar[Task] = Task.img2img
+
+
+class InpaintRequest(Img2ImgRequest):
+    """Body of POST /v1/inpaint: repaint the mask's white (or transparent) part of init_image."""
+
+    mask_image: str = Field(
+        min_length=1, strict=True,
+        description=IMAGE_DESCRIPTION + "; white (or transparent, when it has alpha) = repaint",
+    )  # fmt: skip
+    strength: float = Field(1.0, gt=0.0, le=1.0, strict=True)
+    task: ClassVar[Task] = Task.inpaint
 
 
 class ResolvedRequest(BaseModel):
@@ -247,6 +306,8 @@ class ResolvedRequest(BaseModel):
     num_images: int = 1
     output_format: OutputFormat = OutputFormat.png
     model: str
+    task: Task = Task.txt2img
+    strength: float = 1.0  # img2img/inpaint: the share of the schedule run from the init image
 
     @property
     def cost(self) -> int:

@@ -89,11 +89,13 @@ class JobStore:
         max_queue: int | None = None,
         max_active: int = 0,
         cost_budget: int = 0,
+        inputs: Mapping[str, bytes] | None = None,
     ) -> None:
         """Save a queued record and enqueue its rq job in one MULTI/EXEC. QueueFullError if the
         queue holds `max_queue` jobs (a place is reserved atomically first); ActiveLimitError /
         CostLimitError if the owner has `max_active` jobs queued or running or their cost would
-        pass `cost_budget` (0: off)."""
+        pass `cost_budget` (0: off). `inputs` (an image task's uploads) are stored beside the
+        record, in the same transaction, for as long as the job can still run."""
         model, queue = record.request.model, self.queue(record.request.model)
         if max_queue is not None and not self.places.reserve(
             queue.key, model, record.id, max_queue
@@ -108,6 +110,9 @@ class JobStore:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.multi()  # rq requires an explicit transaction on a caller's pipeline
                 self._write_new_job(pipe, queue, record, quota=quota)
+                ttl = self.queue_ttl + self.job_timeout * (RETRIES + 1) + self.result_ttl
+                for name, data in (inputs or {}).items():
+                    pipe.set(keys.job_input(record.id, name), data, ex=ttl)
                 if max_queue is not None:
                     self.places.confirm(pipe, model, record.id)
                 pipe.execute()
@@ -151,6 +156,27 @@ class JobStore:
         """Encoded bytes of image `index`, or None."""
         value = self.redis.get(keys.image(job_id, index))
         return value.encode() if isinstance(value, str) else value
+
+    def publish_tasks(self, model: str, tasks: Sequence[str]) -> None:
+        """Say which tasks this model's workers run (kept a week; every worker start renews)."""
+        self.redis.set(keys.model_tasks(model), ",".join(tasks), ex=7 * 24 * 3600)
+
+    def model_tasks(self, models: Sequence[str]) -> dict[str, list[str] | None]:
+        """Each model's published tasks; None where no worker has said yet."""
+        values = self.redis.mget([keys.model_tasks(model) for model in models])
+        return {
+            model: (value.decode() if isinstance(value, bytes) else value).split(",")
+            if value
+            else None
+            for model, value in zip(models, values, strict=True)
+        }
+
+    def get_inputs(self, job_id: str, names: Sequence[str]) -> dict[str, bytes]:
+        """The stored uploads of an image task that are still there, by name."""
+        values = self.redis.mget([keys.job_input(job_id, name) for name in names])
+        found = zip(names, values, strict=True)
+        return {name: value.encode() if isinstance(value, str) else value
+                for name, value in found if value is not None}  # fmt: skip
 
     def queue_position(self, record: JobRecord) -> int | None:
         """0-based position in the model's rq queue (0 = next), None when not in it."""

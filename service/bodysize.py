@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,20 +14,25 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
 class BodySizeLimit:
-    """Answer 413 when Content-Length or the streamed body exceeds `max_bytes`."""
+    """Answer 413 when Content-Length or the streamed body exceeds `max_bytes` (or the path's
+    own limit in `per_path`: image uploads need more than JSON prompts)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass small bodies through (replayed from a buffer of at most max_bytes)."""
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"].rstrip("/"), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._reject(scope, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._reject(scope, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -36,8 +42,8 @@ class BodySizeLimit:
                 return  # client went away
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(scope, send)
+            if size > limit:
+                await self._reject(scope, send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -49,9 +55,9 @@ class BodySizeLimit:
 
         await self.app(scope, replay_receive, send)
 
-    async def _reject(self, scope: Scope, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send, limit: int) -> None:
         scope.setdefault("state", {})["reject_reason"] = "body-too-large"
-        body = json.dumps(body_too_large(self.max_bytes).body()).encode()
+        body = json.dumps(body_too_large(limit).body()).encode()
         headers = [
             (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),

@@ -61,6 +61,10 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=64 * 1024, ge=1024, validation_alias=_env("LDM_MAX_BODY_BYTES")
     )
+    # POST /v1/img2img and /v1/inpaint carry images (base64 in JSON grows them by a third).
+    max_image_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, validation_alias=_env("LDM_MAX_IMAGE_BODY_BYTES")
+    )
     retry_after_s: int = Field(default=5, ge=1, validation_alias=_env("LDM_RETRY_AFTER"))
     # A frozen or unreachable Redis: a request's Redis calls must have answered within the
     # deadline of its arrival (else 503), one call waits at most the timeout, and after a timeout

@@ -96,7 +96,7 @@ def fault_backend(settings: WorkerSettings) -> Backend:
         assert isinstance(engine, BatchEngine)
         return FaultEngine(engine, fault_dir, step_sleep)
 
-    return Backend(engine_factory, backend.device, backend.compile_seconds)
+    return Backend(engine_factory, backend.device, backend.compile_seconds, backend.tasks)
 
 
 if __name__ == "__main__":

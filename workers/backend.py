@@ -35,3 +35,4 @@ class Backend:
     engine_factory: Callable[[], Engine]
     device: str = "cpu"
     compile_seconds: float = 0.0  # compile and capture before the first job (0: eager)
+    tasks: tuple[str, ...] = ("txt2img", "img2img", "inpaint")  # what the model can do

@@ -1,4 +1,5 @@
-"""Encoding finished images (png with A1111 `parameters` chunk, jpeg, webp) and sanity checks."""
+"""Encoding finished images (png with A1111 `parameters` chunk, jpeg, webp), sanity checks,
+and reading an image task's stored inputs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import io
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from jobs.schema import ResolvedRequest
+from jobs.images import BadImage, as_init_image, as_mask, decode, fit
+from jobs.schema import ResolvedRequest, Task
+from jobs.store import JobStore
 from model.sampling.registry import sampler_entry
+
+MAX_INPUT_PIXELS = 1 << 26  # the API bounded the upload by LDM_MAX_PIXELS already
 
 
 def parameters_text(request: ResolvedRequest, index: int, model_name: str) -> str:
@@ -20,12 +25,28 @@ def parameters_text(request: ResolvedRequest, index: int, model_name: str) -> st
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
+    strength = f", Denoising strength: {request.strength:g}" if request.task != Task.txt2img else ""
     lines.append(
         f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale:g}, "
         f"Seed: {request.seed + index}, Size: {request.width}x{request.height}, "
-        f"Model: {model_name}{eta}"
+        f"Model: {model_name}{eta}{strength}, Task: {request.task.value}"
     )
     return "\n".join(lines)
+
+
+def job_inputs(store: JobStore, job_id: str, request: ResolvedRequest) -> dict[str, Image.Image]:
+    """An image task's stored uploads, decoded and sized for the job as the API checked them
+    (init image RGB on white, mask from alpha or luminance); BadImage when one is gone."""
+    names = ["init_image"] + (["mask_image"] if request.task == Task.inpaint else [])
+    stored = store.get_inputs(job_id, names)
+    size = (request.width, request.height)
+    inputs = {}
+    for name in names:
+        if name not in stored:
+            raise BadImage(f"the job's {name} is no longer stored (expired)")
+        image = decode(stored[name], max_pixels=MAX_INPUT_PIXELS)
+        inputs[name] = fit(as_init_image(image) if name == "init_image" else as_mask(image), size)
+    return inputs
 
 
 def encode(image: Image.Image, request: ResolvedRequest, index: int, model_name: str) -> bytes:

@@ -14,7 +14,9 @@ from workers.batching import Slot, is_complete, job_progress
 from workers.rq_bridge import Claim
 
 if TYPE_CHECKING:
-    from model.engine import Sample
+    from PIL import Image
+
+    from model.engine import Sample, SampleSpec
 
 
 @dataclass
@@ -30,6 +32,8 @@ class JobInFlight:
     cap: int | None = None  # most samples in the engine at once (OOM backoff)
     active: dict[int, Sample] = field(default_factory=dict)  # image index -> denoising sample
     finished: dict[int, Sample] = field(default_factory=dict)  # image index -> finished sample
+    # An image task's inputs, decoded and sized for the job: "init_image" (RGB), "mask_image" (L)
+    inputs: dict[str, Image.Image] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
@@ -52,6 +56,18 @@ class JobInFlight:
             group=self.group,
             cap=self.cap,
         )
+
+    def sample_spec(self, index: int) -> SampleSpec:
+        """The engine's spec of image `index` (its seed is seed + index), with the job's inputs."""
+        from model.engine import SampleSpec
+
+        r = self.request
+        return SampleSpec(
+            prompt=r.prompt, negative_prompt=r.negative_prompt, seed=r.seed + index,
+            width=r.width, height=r.height, steps=r.steps, guidance_scale=r.guidance_scale,
+            sampler=r.sampler.value, eta=r.eta, karras=r.karras, strength=r.strength,
+            init_image=self.inputs.get("init_image"), mask_image=self.inputs.get("mask_image"),
+        )  # fmt: skip
 
     @property
     def complete(self) -> bool:

@@ -13,12 +13,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisFull
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs.schema import JobError, JobStatus, ResolvedRequest
+from jobs.images import BadImage
+from jobs.schema import JobError, JobStatus, Task
 from jobs.store import JobStore
-from model.engine import Sample, SampleSpec
+from model.engine import Sample
 from workers import batching
 from workers.backend import Backend
 from workers.fair_share import FairStepper
+from workers.images import job_inputs
 from workers.job_in_flight import JobInFlight
 from workers.metrics import WorkerMetrics
 from workers.retire import Retirer, classify, public_message
@@ -88,6 +90,7 @@ class BatchLoop:
         while True:
             try:
                 if self.stopping and (not self.jobs or time.monotonic() >= self.deadline):
+                    self.retirer.collect(wait=None)  # encoding takes well under a second
                     self.hand_back_all()
                     log.info("worker stopped")
                     return 0
@@ -119,10 +122,13 @@ class BatchLoop:
         """One round: retry waiting endings, claim jobs, admit, step once, retire, report."""
         writes = self.retirer.writes
         writes.retry()
+        self.retirer.collect()
         self.metrics.ready.set(1 if self.ready() else 0)
         self.fill()
         if len(self.engine) == 0:
-            if writes:  # nothing to sample: wait for the next retry instead of spinning
+            if self.retirer.encoding:  # nothing to sample: store what finishes encoding
+                self.retirer.collect(wait=0.05)
+            elif writes:  # nothing to sample: wait for the next retry instead of spinning
                 self.touch()
                 time.sleep(min(1.0, max(0.05, writes.seconds_to_next_try())))
             return
@@ -154,7 +160,8 @@ class BatchLoop:
                 self.slots(), self.settings.max_batch, draining=self.stopping or not self.ready()
             ):
                 return
-            timeout = self.settings.idle_poll_seconds if not self.jobs else None
+            idle = not self.jobs and not self.retirer.encoding
+            timeout = self.settings.idle_poll_seconds if idle else None
             rq_job = self.bridge.dequeue(timeout)
             if rq_job is None:
                 return
@@ -170,11 +177,7 @@ class BatchLoop:
         try:
             self.bridge.validate(claim)
         except InvalidPayload as exc:
-            log.warning("job_failed job_id=%s reason=invalid-payload: %s", job_id, exc)
-            error = JobError(type="invalid-payload", message=str(exc))
-            self.store.finish(job_id, JobStatus.failed, error=error)
-            self.bridge.fail(claim, "invalid-payload", str(exc))
-            self.metrics.job_ended("failed", "invalid-payload")
+            self.refuse(claim, "invalid-payload", str(exc))
             return
         record = self.store.get(job_id)
         if record is None or record.status.terminal:
@@ -184,8 +187,24 @@ class BatchLoop:
         timeout = self.settings.job_timeout
         if claim.job.timeout and claim.job.timeout > 0:
             timeout = min(timeout, float(claim.job.timeout))
+        inputs = {}
+        if record.request.task != Task.txt2img:
+            try:
+                inputs = job_inputs(self.store, job_id, record.request)
+            except BadImage as exc:
+                self.refuse(claim, "invalid-input", str(exc))
+                return
         # The record stays `queued` until a sample enters the engine (`start`).
-        self.jobs[job_id] = JobInFlight(claim, record.request, record.owner, timeout=timeout)
+        self.jobs[job_id] = JobInFlight(claim, record.request, record.owner, timeout=timeout,
+                                        inputs=inputs)  # fmt: skip
+
+    def refuse(self, claim: Claim, reason: str, message: str) -> None:
+        """Fail a claimed job that cannot run at all (bad payload, lost inputs)."""
+        log.warning("job_failed job_id=%s reason=%s: %s", claim.job.id, reason, message)
+        error = JobError(type=reason, message=message)
+        self.store.finish(claim.job.id, JobStatus.failed, error=error)
+        self.bridge.fail(claim, reason, message)
+        self.metrics.job_ended("failed", reason)
 
     def start(self, job: JobInFlight) -> bool:
         """Mark a job running as its first sample enters the engine; False if it ended."""
@@ -214,7 +233,7 @@ class BatchLoop:
                 continue
             try:
                 for index in range(admission.first, admission.first + admission.count):
-                    spec = sample_spec(job.request, index)
+                    spec = job.sample_spec(index)
                     job.active[index] = self.engine.add(spec, tag=(job.job_id, index))
             except Exception as exc:
                 self._drop_from_engine(job)
@@ -241,6 +260,7 @@ class BatchLoop:
         for job in complete:
             self._forget(job)
         self.retirer.retire(self.engine, complete)
+        self.retirer.collect()
         self.metrics.record_memory(self.backend.device)
         self.touch()
 
@@ -317,7 +337,8 @@ class BatchLoop:
     def release_untracked(self) -> None:
         """After a Redis outage: hand back jobs rq thinks we hold but the loop lost mid-ending."""
         for job_id, claim in list(self.bridge.claims.items()):
-            if job_id not in self.jobs and not self.retirer.writes.waiting(job_id):
+            ending = self.retirer.writes.waiting(job_id) or self.retirer.encoding_job(job_id)
+            if job_id not in self.jobs and not ending:
                 log.warning("job_handed_back job_id=%s reason=redis_outage", job_id)
                 self.store.requeue(job_id)
                 self.bridge.hand_back(claim)
@@ -334,13 +355,3 @@ class BatchLoop:
     def _forget(self, job: JobInFlight) -> None:
         """Stop tracking a job in the batching state."""
         self.jobs.pop(job.job_id, None)
-
-
-def sample_spec(request: ResolvedRequest, index: int) -> SampleSpec:
-    """The engine's spec of image `index` of a request (its seed is seed + index)."""
-    return SampleSpec(
-        prompt=request.prompt, negative_prompt=request.negative_prompt, seed=request.seed + index,
-        width=request.width, height=request.height, steps=request.steps,
-        guidance_scale=request.guidance_scale, sampler=request.sampler.value, eta=request.eta,
-        karras=request.karras,
-    )  # fmt: skip

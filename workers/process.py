@@ -43,7 +43,10 @@ def model_backend(settings: WorkerSettings) -> Backend:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     pipe = load_pipeline(settings.model, device=device, dtype=resolve_dtype(settings.dtype, device))
-    return Backend(lambda: BatchEngine(pipe), device, compile_for_serving(pipe, settings))
+    # An inpainting UNet (mask and masked-image channels, LDM Sec. 3.3) only inpaints.
+    tasks = ("inpaint",) if pipe.concat_channels else ("txt2img", "img2img", "inpaint")
+    compiled = compile_for_serving(pipe, settings)
+    return Backend(lambda: BatchEngine(pipe), device, compiled, tasks)
 
 
 def compile_for_serving(pipe: Pipeline, settings: WorkerSettings) -> float:
@@ -109,6 +112,7 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
         result_ttl=settings.result_ttl,
     )
     bridge.on_abandoned = abandoned_hook(store, metrics)
+    store.publish_tasks(settings.model_name, backend.tasks)
     loop_ref: list[BatchLoop] = []
     watchdog = Watchdog(
         settings.watchdog_seconds, busy=lambda: bool(loop_ref and loop_ref[0].busy())

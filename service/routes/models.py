@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from jobs import keys
-from jobs.schema import OutputFormat, Sampler
+from jobs.schema import OutputFormat, Sampler, Task
 from service.auth import Owner
 from service.deps import Settings, Store
 from service.openapi import problem_responses
@@ -24,6 +24,10 @@ class ModelInfo(BaseModel):
     queue_depth: int
     samplers: list[Sampler]
     output_formats: list[OutputFormat]
+    tasks: list[Task] | None = Field(
+        description="what the model's workers run (an inpainting UNet: inpaint only); null "
+        "until one of its workers has started"
+    )
 
 
 class ModelList(BaseModel):
@@ -41,6 +45,7 @@ class ModelList(BaseModel):
 def list_models(owner: Owner, store: Store, settings: Settings) -> ModelList:
     """Every accepted model with its rq queue, live workers and queue depth."""
     del owner  # authentication only
+    tasks = store.model_tasks(settings.models)
     return ModelList(
         data=[
             ModelInfo(
@@ -51,6 +56,7 @@ def list_models(owner: Owner, store: Store, settings: Settings) -> ModelList:
                 queue_depth=store.queue(name).count,
                 samplers=list(Sampler),
                 output_formats=list(OutputFormat),
+                tasks=[Task(t) for t in tasks[name] or () if t in Task.__members__] or None,
             )
             for name in settings.models
         ]

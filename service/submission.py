@@ -1,0 +1,120 @@
+"""Queueing a validated job, shared by every task's route: the Idempotency-Key claim, the
+record and its rq job in one transaction (with an image task's uploads), the 202 reply."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import Header, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from jobs.idempotency import IdempotencyClaims, body_fingerprint
+from jobs.schema import JobRecord, JobStatus, ResolvedRequest, Task, Txt2ImgRequest
+from jobs.store import JobStore
+from service.metrics import ApiMetrics
+from service.openapi import problem_responses
+from service.settings import ApiSettings
+from service.views import JobView, job_path, job_view
+
+logger = logging.getLogger(__name__)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r'^"?[\x21\x23-\x7e]{1,253}"?$',
+        description="same key + same body -> same job; same key + other body -> 422",
+    ),
+]
+
+LOCATION = {
+    "Location": {"description": "URL of the job", "required": True, "schema": {"type": "string"}}
+}
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Idempotent replay", "model": JobView, "headers": LOCATION},
+    202: {"headers": LOCATION},
+    **problem_responses(400, 401, 409, 410, 413, 422, 429, 503),
+}
+
+
+def queued_record(job_id: str, owner: str, request: ResolvedRequest) -> JobRecord:
+    """The record of a job about to be enqueued."""
+    return JobRecord(
+        id=job_id,
+        status=JobStatus.queued,
+        owner=owner,
+        request=request,
+        created_at=time.time(),
+        progress_total=request.steps,
+    )
+
+
+def job_reply(response: Response, store: JobStore, record: JobRecord) -> JobView:
+    """The job as the body, its URL in Location."""
+    response.headers["Location"] = job_path(record.id)
+    return job_view(record, store.queue_position(record))
+
+
+def invalid(field: str, message: str) -> RequestValidationError:
+    """A 422 naming `field`, in the same shape as the framework's own."""
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+def check_task(store: JobStore, settings: ApiSettings, model: str, task: Task) -> None:
+    """422 when the model's workers said they cannot run `task`, naming the models that can
+    (a model no worker has described yet is given the benefit of the doubt)."""
+    published = store.model_tasks(settings.models)
+    if published.get(model) is None or task.value in (published[model] or ()):
+        return
+    able = [name for name, tasks in published.items() if tasks and task.value in tasks]
+    message = f"model {model!r} cannot run {task.value}; " + (
+        f"models that can: {', '.join(able)}" if able else "no served model can"
+    )
+    raise invalid("model", message)
+
+
+def enqueue(
+    body: Txt2ImgRequest,
+    job_id: str,
+    owner: str,
+    key: str | None,
+    response: Response,
+    deps: tuple[ApiSettings, JobStore, IdempotencyClaims, ApiMetrics],
+    resolved: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, bytes] | None = None,
+) -> JobView:
+    """Claim the Idempotency-Key (a replay answers 200 with the earlier job), then store the
+    record, its rq job and `inputs` atomically; `resolved` overrides request values."""
+    settings, store, claims, metrics = deps
+    check_task(store, settings, body.model or settings.model_name, type(body).task)
+    key = key.strip('"') if key is not None else None
+    if key is not None:
+        fingerprint = body_fingerprint(body.model_dump(mode="json"))
+        earlier = claims.claim(owner, key, fingerprint, job_id)
+        if earlier is not None:
+            response.status_code = status.HTTP_200_OK
+            response.headers["Idempotent-Replayed"] = "true"
+            return job_reply(response, store, earlier)
+    record = queued_record(job_id, owner, body.resolve(settings.model_name, **(resolved or {})))
+    try:
+        store.create(
+            record,
+            max_queue=settings.max_queue,
+            max_active=settings.active_job_limit,
+            cost_budget=settings.cost_budget,
+            inputs=inputs,
+        )
+    except Exception:
+        if key is not None:
+            claims.release(owner, key)  # no job was made: the key is free again
+        raise  # quota and queue refusals become problems in service/errors.py
+    request = record.request
+    metrics.submitted.labels(request.model).inc()
+    logger.info("job %s queued model=%s task=%s steps=%d", job_id, request.model,
+                request.task.value, request.steps)  # fmt: skip
+    return job_reply(response, store, record)
