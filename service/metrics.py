@@ -82,7 +82,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.submitted = Counter(
-            "ldm_jobs_submitted", "Jobs accepted", ["model"], registry=self.registry
+            "ldm_jobs_submitted", "Jobs accepted", ["model", "task"], registry=self.registry
         )
         self.rejected = Counter(
             "ldm_jobs_rejected", "Submissions rejected", ["reason"], registry=self.registry

@@ -114,7 +114,7 @@ def enqueue(
             claims.release(owner, key)  # no job was made: the key is free again
         raise  # quota and queue refusals become problems in service/errors.py
     request = record.request
-    metrics.submitted.labels(request.model).inc()
+    metrics.submitted.labels(request.model, request.task.value).inc()
     logger.info("job %s queued model=%s task=%s steps=%d", job_id, request.model,
                 request.task.value, request.steps)  # fmt: skip
     return job_reply(response, store, record)

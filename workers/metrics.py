@@ -15,7 +15,9 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 OUTCOMES = ("succeeded", "failed", "canceled")
-FAILURE_REASONS = ("error", "nan", "oom", "timeout", "abandoned", "invalid-payload")
+FAILURE_REASONS = (
+    "error", "nan", "oom", "timeout", "abandoned", "invalid-payload", "invalid-input",
+)  # fmt: skip
 
 
 class WorkerMetrics:
