@@ -70,6 +70,7 @@ def image_inputs(args: argparse.Namespace) -> dict[str, object]:
     if args.mask is not None:
         mask = as_mask(decode(Path(args.mask).read_bytes(), max_pixels=1 << 26))
         inputs["mask_image"] = fit(mask, (args.width, args.height))
+        inputs["keep_unmasked"] = args.keep_unmasked
     inputs["strength"] = (
         args.strength if args.strength is not None else (1.0 if args.mask is not None else 0.75)
     )
@@ -133,6 +134,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--mask",
         default=None,
         help="inpainting (with --init-image): white or transparent = repaint",
+    )
+    gen.add_argument(
+        "--keep-unmasked",
+        action="store_true",
+        help="inpainting: paste the init image's unmasked pixels over the result (as A1111; "
+        "the API's default), instead of diffusers' decoded image everywhere",
     )
     gen.add_argument(
         "--strength",

@@ -64,6 +64,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             action.add_argument("--strength", type=float, help="0.75 img2img, 1 inpaint")
         if task == "inpaint":
             action.add_argument("--mask", type=Path, required=True, help="white = repaint")
+            action.add_argument("--no-keep-unmasked", dest="keep_unmasked", action="store_false",
+                                help="the decoded image everywhere (diffusers), not the init "
+                                "image's pixels outside the mask")  # fmt: skip
         action.set_defaults(handler=run_client, task=task)
 
 
@@ -223,6 +226,7 @@ def run_client(args: argparse.Namespace) -> int:
         params["strength"] = args.strength
     if args.task == "inpaint":
         params["mask_image"] = args.mask.read_bytes()
+        params["keep_unmasked"] = args.keep_unmasked
     suffix = args.output.suffix.lstrip(".").lower()
     if suffix in ("png", "jpeg", "webp", "jpg"):
         params["output_format"] = "jpeg" if suffix == "jpg" else suffix

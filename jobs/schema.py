@@ -285,6 +285,11 @@ class InpaintRequest(Img2ImgRequest):
         description=IMAGE_DESCRIPTION + "; white (or transparent, when it has alpha) = repaint",
     )  # fmt: skip
     strength: float = Field(1.0, gt=0.0, le=1.0, strict=True)
+    keep_unmasked: bool = Field(
+        True, strict=True,
+        description="paste the init image's unmasked pixels over the result (exact outside the "
+        "mask, as A1111); false: the decoded image everywhere (as diffusers)",
+    )  # fmt: skip
     task: ClassVar[Task] = Task.inpaint
 
 
@@ -308,6 +313,7 @@ class ResolvedRequest(BaseModel):
     model: str
     task: Task = Task.txt2img
     strength: float = 1.0  # img2img/inpaint: the share of the schedule run from the init image
+    keep_unmasked: bool = False  # inpaint: the init image's pixels outside the mask, exactly
 
     @property
     def cost(self) -> int:

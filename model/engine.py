@@ -12,10 +12,11 @@ from collections import defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image
 
-from model.image_inputs import starting_point
+from model.image_inputs import binary_mask, starting_point
 from model.pipeline import Pipeline
 from model.sampling.denoiser import Denoiser
 from model.sampling.guidance import guided_denoise
@@ -43,6 +44,9 @@ class SampleSpec:
     strength: float = 1.0
     # Inpainting: white (or transparent) pixels of the mask are repainted, the rest kept.
     mask_image: Image.Image | None = field(default=None, compare=False)
+    # Inpainting: paste the init image's unmasked pixels over the decoded result (A1111's
+    # overlay), so the kept area is exact instead of a VAE round trip; diffusers does not.
+    keep_unmasked: bool = False
 
     def first_step(self) -> int:
         """Index of the grid step sampling starts at (0 for text-to-image)."""
@@ -208,5 +212,15 @@ class BatchEngine:
         for indices in by_shape.values():
             latents = torch.cat([samples[i].latent for i in indices])  # (n, C, h, w)
             for i, array in zip(indices, self.pipeline.decode_latents(latents), strict=True):
-                images[i] = Image.fromarray(array)
+                images[i] = overlay(samples[i].spec, Image.fromarray(array))
         return [images[i] for i in range(len(samples))]
+
+
+def overlay(spec: SampleSpec, image: Image.Image) -> Image.Image:
+    """The decoded image, with the init image's unmasked pixels where `spec.keep_unmasked`."""
+    if not spec.keep_unmasked or spec.mask_image is None or spec.init_image is None:
+        return image
+    repaint = binary_mask(spec.mask_image)[0, 0].numpy() > 0  # (H, W)
+    kept = np.asarray(spec.init_image.convert("RGB")).copy()  # (H, W, 3)
+    kept[repaint] = np.asarray(image)[repaint]
+    return Image.fromarray(kept)

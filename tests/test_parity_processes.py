@@ -154,6 +154,7 @@ def test_http_img2img_and_inpaint_match_diffusers(stack: ApiServer, tiny_model: 
             "mask_image": ("mask.png", png_bytes(inpaint.mask_image()), "image/png"),
         }
         form = {key: str(value) for key, value in {**common, "sampler": "ddim"}.items()}
+        form["keep_unmasked"] = "false"  # diffusers decodes everywhere; the API's default pastes
         reply = client.post("/v1/inpaint", data=form, files=files)
         assert reply.status_code == 202, reply.text
         request = reply.json()["request"]
@@ -177,7 +178,7 @@ def test_cli_client_inpaint_matches_diffusers(
         [sys.executable, "-m", "cli.main", "client", "inpaint", PROMPT, "--url", stack.url,
          "--api-key", KEY_A, "--init-image", str(init), "--mask", str(mask), "--seed", str(SEED),
          "--steps", str(img2img.STEPS), "--guidance-scale", str(GUIDANCE), "--sampler", "ddim",
-         "-o", str(out)],
+         "--no-keep-unmasked", "-o", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

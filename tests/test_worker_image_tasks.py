@@ -111,3 +111,24 @@ def test_a_job_whose_inputs_expired_fails_with_a_clear_reason(
         worker.stop()
     assert record.status == JobStatus.failed and record.error is not None
     assert record.error.type == "invalid-input" and "init_image" in record.error.message
+
+
+def test_keep_unmasked_returns_the_init_images_pixels_outside_the_mask(
+    redis_server: RedisServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The API's inpainting default: outside the mask the result is the init image, exactly."""
+    url = redis_server.fresh_db(DB)
+    store = JobStore(redis.Redis.from_url(url), result_ttl=300, job_timeout=120)
+    fields, inputs = JOBS["inpaint"]
+    kept = create(store, {**fields, "keep_unmasked": True}, inputs)
+    decoded = create(store, fields, inputs)
+    worker = WorkerProcess(url, tiny_model, tmp_path, {}).start()
+    try:
+        kept_image, decoded_image = pixels(store, kept), pixels(store, decoded)
+    finally:
+        worker.stop()
+    init = np.asarray(init_image()).astype(np.int16)
+    half = SIZE // 2
+    assert np.array_equal(kept_image[:, half:], init[:, half:])  # unmasked: the init image
+    assert np.array_equal(kept_image[:, :half], decoded_image[:, :half])  # masked: generated
+    assert np.abs(decoded_image[:, half:] - init[:, half:]).max() > 0  # a VAE round trip

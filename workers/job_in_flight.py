@@ -67,6 +67,7 @@ class JobInFlight:
             width=r.width, height=r.height, steps=r.steps, guidance_scale=r.guidance_scale,
             sampler=r.sampler.value, eta=r.eta, karras=r.karras, strength=r.strength,
             init_image=self.inputs.get("init_image"), mask_image=self.inputs.get("mask_image"),
+            keep_unmasked=r.keep_unmasked,
         )  # fmt: skip
 
     @property
