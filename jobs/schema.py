@@ -235,6 +235,8 @@ def request_model(
     `limits`; with `models`, `model` must name one of them (an enum in the schema)."""
     base = base or Txt2ImgRequest
     bounded = _bounded_fields(limits)
+    if base is VariationRequest:  # its prompt may be empty
+        del bounded["prompt"]
     if base is not Txt2ImgRequest:  # image tasks: the size is the init image's unless given
         for name in ("width", "height"):
             bounded[name] = _optional_size_field(limits)
@@ -275,6 +277,19 @@ class Img2ImgRequest(Txt2ImgRequest):
     width: int | None = _optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
     height: int | None = _optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
     task: ClassVar[Task] = Task.img2img
+
+
+class VariationRequest(Img2ImgRequest):
+    """img2img with any prompt, the empty one included (OpenAI's image variations)."""
+
+    prompt: str = Field("", max_length=DEFAULT_LIMITS.max_prompt_chars, strict=True)
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _text(cls, value: str, info: ValidationInfo) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class InpaintRequest(Img2ImgRequest):

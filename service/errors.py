@@ -98,8 +98,20 @@ class Problem(Exception):
         return details.model_dump(exclude_none=True)
 
 
+OPENAI_PREFIX = "/v1/images/"  # the OpenAI Images API dialect (service/routes/openai_images.py)
+OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error", 404: "not_found_error"}
+
+
 def problem_response(problem: Problem, instance: str = "") -> JSONResponse:
-    """Render a Problem as an application/problem+json response."""
+    """Render a Problem as application/problem+json, or in OpenAI's error shape on its routes
+    (validation there is a 400, as OpenAI answers, so its SDKs raise BadRequestError)."""
+    if instance.startswith(OPENAI_PREFIX):
+        status = 400 if problem.status == 422 else problem.status
+        other = "server_error" if status >= 500 else "invalid_request_error"
+        kind = OPENAI_TYPES.get(status, other)
+        error = {"message": problem.detail, "type": kind, "code": problem.slug,
+                 "param": problem.errors[0]["field"] if problem.errors else None}  # fmt: skip
+        return JSONResponse({"error": error}, status_code=status, headers=problem.headers)
     return JSONResponse(
         problem.body(instance),
         status_code=problem.status,

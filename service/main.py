@@ -17,8 +17,9 @@ from service.metrics import ApiMetrics, MetricsMiddleware
 from service.openapi import install_problem_schema
 from service.ratelimit import RateLimiter
 from service.redis_client import RedisDeadline, connect_redis
-from service.routes import health, image_tasks, jobs, models, txt2img
+from service.routes import health, image_tasks, jobs, models, openai_images, txt2img
 from service.routes.image_tasks import IMAGE_TASK_PATHS
+from service.routes.openai_images import OPENAI_PATHS
 from service.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
@@ -62,13 +63,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_problem_schema(app)
     app.include_router(txt2img.build_router(settings))
     app.include_router(image_tasks.build_router(settings))
+    app.include_router(openai_images.build_router(settings))
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
     # Outermost last: metrics see every response, including the 413s of the body limit; the
     # Redis deadline starts once the body is in (a slow upload is the read deadline's business).
     app.add_middleware(RedisDeadline, budget_s=settings.redis_deadline_s)
-    image_routes = dict.fromkeys(IMAGE_TASK_PATHS, settings.max_image_body_bytes)
+    image_routes = dict.fromkeys(IMAGE_TASK_PATHS + OPENAI_PATHS, settings.max_image_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, per_path=image_routes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     logger.info(

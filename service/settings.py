@@ -65,6 +65,8 @@ class ApiSettings(BaseSettings):
     max_image_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, validation_alias=_env("LDM_MAX_IMAGE_BODY_BYTES")
     )
+    # The OpenAI Images API answers synchronously: how long a request waits for its job (then 504).
+    sync_timeout_s: float = Field(default=300.0, gt=0, validation_alias=_env("LDM_SYNC_TIMEOUT"))
     retry_after_s: int = Field(default=5, ge=1, validation_alias=_env("LDM_RETRY_AFTER"))
     # A frozen or unreachable Redis: a request's Redis calls must have answered within the
     # deadline of its arrival (else 503), one call waits at most the timeout, and after a timeout

@@ -1,0 +1,131 @@
+"""The OpenAI Images API dialect with the real `openai` SDK as the client, against uvicorn, Redis
+and a batching worker: generate, edit and create_variation give the native API's images for the
+same seed and settings, and errors raise the SDK's usual exceptions."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from tests.api_harness import KEY_A, ApiServer, serve
+from tests.conftest import RedisServer
+from tests.worker_harness import WorkerProcess, tiny_model
+
+__all__ = ["tiny_model"]
+pytestmark = pytest.mark.slow
+DB = 12
+SIZE = 32
+NATIVE = {"seed": 9, "steps": 4, "guidance_scale": 5.0, "sampler": "ddim"}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: RedisServer, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    url = redis_server.fresh_db(DB)
+    worker = WorkerProcess(url, tiny_model, tmp_path_factory.mktemp("openai"), {}).start()
+    try:
+        yield from serve(url, {"LDM_MIN_SIZE": "32", "LDM_DEFAULT_SIZE": "32",
+                               "LDM_SYNC_TIMEOUT": "60"})  # fmt: skip
+    finally:
+        worker.stop()
+
+
+@pytest.fixture()
+def client(stack: ApiServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=KEY_A, max_retries=0, timeout=90)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def init_image() -> Image.Image:
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    return Image.fromarray(np.stack([x * 8, y * 8, (x + y) * 4], -1).clip(0, 255).astype(np.uint8))
+
+
+def transparent_left_mask() -> Image.Image:
+    """OpenAI's convention: fully transparent pixels are the area to repaint."""
+    alpha = np.full((SIZE, SIZE), 255, dtype=np.uint8)
+    alpha[:, : SIZE // 2] = 0
+    rgba = np.dstack([np.zeros((SIZE, SIZE, 3), np.uint8), alpha])
+    return Image.fromarray(rgba, "RGBA")
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def native(stack: ApiServer, route: str, **kwargs: object) -> np.ndarray:
+    """The same job through the native API: first image's pixels."""
+    with stack.client() as http:
+        reply = http.post(route, **kwargs)
+        assert reply.status_code == 202, reply.text
+        job_id = reply.json()["id"]
+        deadline = time.monotonic() + 60
+        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert job["status"] == "succeeded", job
+        return decoded(http.get(job["images"][0]).content)
+
+
+def test_generate_equals_the_native_txt2img(stack: ApiServer, client: openai.OpenAI) -> None:
+    result = client.images.generate(prompt="a red square", n=2, size=f"{SIZE}x{SIZE}",
+                                    response_format="b64_json", extra_body=NATIVE)  # fmt: skip
+    assert len(result.data) == 2 and result.created > 0
+    ours = decoded(base64.b64decode(result.data[0].b64_json or ""))
+    theirs = native(stack, "/v1/txt2img", json={"prompt": "a red square", "width": SIZE,
+                                                "height": SIZE, **NATIVE})  # fmt: skip
+    assert np.array_equal(ours, theirs)
+    urls = client.images.generate(prompt="a red square", size=f"{SIZE}x{SIZE}",
+                                  response_format="url", extra_body=NATIVE)  # fmt: skip
+    assert urls.data[0].url and "/v1/jobs/" in urls.data[0].url
+
+
+def test_edit_inpaints_the_transparent_area(stack: ApiServer, client: openai.OpenAI) -> None:
+    init = png(init_image())
+    result = client.images.edit(image=("init.png", init, "image/png"), prompt="a blue circle",
+                                mask=("mask.png", png(transparent_left_mask()), "image/png"),
+                                response_format="b64_json", extra_body=NATIVE)  # fmt: skip
+    ours = decoded(base64.b64decode(result.data[0].b64_json or ""))
+    white_left = np.zeros((SIZE, SIZE), np.uint8)
+    white_left[:, : SIZE // 2] = 255
+    theirs = native(stack, "/v1/inpaint", data={k: str(v) for k, v in NATIVE.items()} | {
+        "prompt": "a blue circle"}, files={"init_image": ("i.png", init, "image/png"),
+        "mask_image": ("m.png", png(Image.fromarray(white_left)), "image/png")})  # fmt: skip
+    assert np.array_equal(ours, theirs)
+    kept = np.asarray(init_image()).astype(np.int16)[:, SIZE // 2 :]
+    assert np.array_equal(ours[:, SIZE // 2 :], kept)  # outside the mask: the image, exactly
+
+
+def test_variation_is_img2img_with_an_empty_prompt(client: openai.OpenAI) -> None:
+    result = client.images.create_variation(image=("init.png", png(init_image()), "image/png"),
+                                            n=1, response_format="b64_json",
+                                            extra_body=NATIVE)  # fmt: skip
+    ours = decoded(base64.b64decode(result.data[0].b64_json or ""))
+    assert ours.shape == (SIZE, SIZE, 3)
+    assert np.abs(ours - np.asarray(init_image()).astype(np.int16)).mean() > 0.5  # it changed
+
+
+def test_errors_raise_the_sdks_exceptions(stack: ApiServer, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(prompt="a red square", size="huge")
+    assert bad.value.body is not None and "size" in str(bad.value.body)
+    with pytest.raises(openai.BadRequestError):
+        client.images.generate(prompt="", size=f"{SIZE}x{SIZE}")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{stack.url}/v1", api_key="wrong", max_retries=0).images.generate(
+            prompt="a red square"
+        )
