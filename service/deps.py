@@ -40,3 +40,15 @@ Store = Annotated[JobStore, Depends(get_store)]
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 Claims = Annotated[IdempotencyClaims, Depends(get_claims)]
 Metrics = Annotated[ApiMetrics, Depends(get_metrics)]
+
+
+async def get_submit_deps(
+    request: Request, store: Store, claims: Claims, metrics: Metrics
+) -> tuple[ApiSettings, JobStore, IdempotencyClaims, ApiMetrics]:
+    """What queueing a job needs (service/submission.py `enqueue`), in one dependency."""
+    return request.app.state.settings, store, claims, metrics
+
+
+SubmitDeps = Annotated[
+    tuple[ApiSettings, JobStore, IdempotencyClaims, ApiMetrics], Depends(get_submit_deps)
+]

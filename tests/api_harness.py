@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Iterator, Mapping
 import httpx
 import pytest
 import redis
+from PIL import Image
 
 from jobs.store import JobStore
 from tests.conftest import REPO, RedisServer, free_port
@@ -100,6 +102,13 @@ def store_fixture(redis_url: str) -> Iterator[JobStore]:
     client = redis.Redis.from_url(redis_url)
     yield JobStore(client, result_ttl=60)
     client.close()
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """An image as PNG bytes (an upload)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def tiny_png(width: int = 1, height: int = 1) -> bytes:

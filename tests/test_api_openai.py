@@ -15,7 +15,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.api_harness import KEY_A, ApiServer, serve
+from tests.api_harness import KEY_A, ApiServer, encode_png, serve
 from tests.conftest import RedisServer
 from tests.worker_harness import WorkerProcess, tiny_model
 
@@ -42,12 +42,6 @@ def stack(
 @pytest.fixture()
 def client(stack: ApiServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=KEY_A, max_retries=0, timeout=90)
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def init_image() -> Image.Image:
@@ -95,24 +89,24 @@ def test_generate_equals_the_native_txt2img(stack: ApiServer, client: openai.Ope
 
 
 def test_edit_inpaints_the_transparent_area(stack: ApiServer, client: openai.OpenAI) -> None:
-    init = png(init_image())
+    init = encode_png(init_image())
     result = client.images.edit(image=("init.png", init, "image/png"), prompt="a blue circle",
-                                mask=("mask.png", png(transparent_left_mask()), "image/png"),
+                                mask=("mask.png", encode_png(transparent_left_mask()), "image/png"),
                                 response_format="b64_json", extra_body=NATIVE)  # fmt: skip
     ours = decoded(base64.b64decode(result.data[0].b64_json or ""))
     white_left = np.zeros((SIZE, SIZE), np.uint8)
     white_left[:, : SIZE // 2] = 255
     theirs = native(stack, "/v1/inpaint", data={k: str(v) for k, v in NATIVE.items()} | {
         "prompt": "a blue circle"}, files={"init_image": ("i.png", init, "image/png"),
-        "mask_image": ("m.png", png(Image.fromarray(white_left)), "image/png")})  # fmt: skip
+        "mask_image": ("m.png", encode_png(Image.fromarray(white_left)), "image/png")})  # fmt: skip
     assert np.array_equal(ours, theirs)
     kept = np.asarray(init_image()).astype(np.int16)[:, SIZE // 2 :]
     assert np.array_equal(ours[:, SIZE // 2 :], kept)  # outside the mask: the image, exactly
 
 
 def test_variation_is_img2img_with_an_empty_prompt(client: openai.OpenAI) -> None:
-    result = client.images.create_variation(image=("init.png", png(init_image()), "image/png"),
-                                            n=1, response_format="b64_json",
+    image = ("init.png", encode_png(init_image()), "image/png")
+    result = client.images.create_variation(image=image, n=1, response_format="b64_json",
                                             extra_body=NATIVE)  # fmt: skip
     ours = decoded(base64.b64decode(result.data[0].b64_json or ""))
     assert ours.shape == (SIZE, SIZE, 3)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api_harness import ApiServer, serve
+from tests.api_harness import ApiServer, encode_png, serve
 from tests.conftest import REPO, RedisServer
 from tests.test_model_parity import GUIDANCE, PROMPT, SIZE, STEPS, assert_close, diffusers_images
 from tests.worker_harness import WorkerProcess, tiny_model
@@ -123,12 +123,6 @@ def served_image(client, job_id: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(client.get(job["images"][0]).content)).convert("RGB"))
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_http_img2img_and_inpaint_match_diffusers(stack: ApiServer, tiny_model: Path) -> None:
     """POST /v1/img2img as JSON (a data: URL) and /v1/inpaint as multipart files, through the
     API, Redis and the batching worker, against diffusers' two pipelines."""
@@ -137,7 +131,7 @@ def test_http_img2img_and_inpaint_match_diffusers(stack: ApiServer, tiny_model: 
     from tests import test_model_img2img as img2img
     from tests import test_model_inpaint as inpaint
 
-    init = png_bytes(img2img.init_image())
+    init = encode_png(img2img.init_image())
     common = {"prompt": PROMPT, "seed": SEED, "steps": img2img.STEPS, "guidance_scale": GUIDANCE}
     with stack.client() as client:
         reply = client.post("/v1/img2img", json={
@@ -151,7 +145,7 @@ def test_http_img2img_and_inpaint_match_diffusers(stack: ApiServer, tiny_model: 
 
         files = {
             "init_image": ("init.png", init, "image/png"),
-            "mask_image": ("mask.png", png_bytes(inpaint.mask_image()), "image/png"),
+            "mask_image": ("mask.png", encode_png(inpaint.mask_image()), "image/png"),
         }
         form = {key: str(value) for key, value in {**common, "sampler": "ddim"}.items()}
         form["keep_unmasked"] = "false"  # diffusers decodes everywhere; the API's default pastes

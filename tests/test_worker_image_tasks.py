@@ -15,6 +15,7 @@ from PIL import Image
 
 from jobs.schema import JobRecord, JobStatus, ResolvedRequest
 from jobs.store import JobStore
+from tests.api_harness import encode_png
 from tests.conftest import RedisServer
 from tests.worker_harness import WorkerProcess, done, tiny_model
 
@@ -22,12 +23,6 @@ __all__ = ["tiny_model"]
 pytestmark = pytest.mark.slow
 DB = 14
 SIZE = 32
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def init_image() -> Image.Image:
@@ -45,9 +40,9 @@ def mask_image() -> Image.Image:
 JOBS = {  # name: (request fields, inputs)
     "txt2img": ({"seed": 5}, {}),
     "img2img": ({"seed": 6, "task": "img2img", "strength": 0.5},
-                {"init_image": png(init_image())}),
+                {"init_image": encode_png(init_image())}),
     "inpaint": ({"seed": 7, "task": "inpaint", "strength": 1.0},
-                {"init_image": png(init_image()), "mask_image": png(mask_image())}),
+                {"init_image": encode_png(init_image()), "mask_image": encode_png(mask_image())}),
 }  # fmt: skip
 
 

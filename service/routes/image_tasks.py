@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 
 from jobs.images import BadImage, as_mask, decode, from_base64, job_size
 from jobs.schema import IMAGE_FIELDS, Img2ImgRequest, InpaintRequest, Limits, request_model
-from service.deps import Claims, Metrics, Store
+from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.settings import ApiSettings
 from service.submission import SUBMIT_RESPONSES, IdempotencyKey, enqueue, invalid
@@ -145,15 +145,12 @@ def add_route(
         request: Request,
         response: Response,
         owner: RateLimitedOwner,
-        store: Store,
-        claims: Claims,
-        metrics: Metrics,
+        deps: SubmitDeps,
         idempotency_key: IdempotencyKey = None,
     ) -> JobView:
         """Validate the fields and the images, then enqueue; 202 with the job."""
         payload = parsed(model, await body_fields(request))
         resolved, uploads = await run_in_threadpool(prepared, payload, settings.limits)
-        deps = (settings, store, claims, metrics)
         return await run_in_threadpool(
             enqueue, payload, str(uuid.uuid4()), owner, idempotency_key, response, deps,
             resolved, uploads,

@@ -29,7 +29,7 @@ from jobs.schema import (
     request_model,
 )
 from jobs.store import JobStore
-from service.deps import Claims, Metrics, Store
+from service.deps import SubmitDeps
 from service.errors import Problem
 from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import body_fields, parsed, prepared
@@ -179,9 +179,7 @@ def add_route(router: APIRouter, settings: ApiSettings, action: str, model: Any)
         request: Request,
         response: Response,
         owner: RateLimitedOwner,
-        store: Store,
-        claims: Claims,
-        metrics: Metrics,
+        deps: SubmitDeps,
     ) -> ImagesResponse:
         fields = await body_fields(request)
         native = native_fields(fields)
@@ -194,7 +192,7 @@ def add_route(router: APIRouter, settings: ApiSettings, action: str, model: Any)
         uploads: dict[str, bytes] | None = None
         if isinstance(body, Img2ImgRequest):
             resolved, uploads = await run_in_threadpool(prepared, body, settings.limits)
-        deps = (settings, store, claims, metrics)
+        store = deps[1]
         job = await run_in_threadpool(
             enqueue, body, str(uuid.uuid4()), owner, None, response, deps, resolved, uploads
         )

@@ -8,7 +8,7 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from jobs.schema import request_model
-from service.deps import Claims, Metrics, Store
+from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.settings import ApiSettings
 from service.submission import SUBMIT_RESPONSES, IdempotencyKey, enqueue
@@ -32,13 +32,10 @@ def build_router(settings: ApiSettings) -> APIRouter:
         payload: body_model,  # type: ignore[valid-type]  # Txt2ImgRequest subclass
         response: Response,
         owner: RateLimitedOwner,
-        store: Store,
-        claims: Claims,
-        metrics: Metrics,
+        deps: SubmitDeps,
         idempotency_key: IdempotencyKey = None,
     ) -> JobView:
         """Validate and enqueue; the job JSON links to its status, events and images."""
-        deps = (settings, store, claims, metrics)
         return enqueue(payload, str(uuid.uuid4()), owner, idempotency_key, response, deps)
 
     return router
