@@ -27,6 +27,22 @@ def model_tasks(model: str) -> str:
     return f"{PREFIX}model:{model}:tasks"
 
 
+def sampler_names() -> str:
+    """Hash AUTOMATIC1111 sampler_name -> "<ours>" or "<ours> karras", written by workers from
+    their sampler registry (the API imports no model code)."""
+    return f"{PREFIX}sampler-names"
+
+
+def a1111_latest(owner: str) -> str:
+    """The owner's latest job through the A1111 dialect (its /progress and /interrupt)."""
+    return f"{PREFIX}a1111-latest:{owner}"
+
+
+def a1111_model(owner: str) -> str:
+    """The model an owner chose with A1111's POST /sdapi/v1/options sd_model_checkpoint."""
+    return f"{PREFIX}a1111-model:{owner}"
+
+
 def job_input(job_id: str, name: str) -> str:
     """Uploaded bytes of an image-conditioned job's input (`init_image`, `mask_image`)."""
     return f"{PREFIX}job:{job_id}:input:{name}"

@@ -171,6 +171,18 @@ class JobStore:
             for model, value in zip(models, values, strict=True)
         }
 
+    def publish_sampler_names(self, names: Mapping[str, str]) -> None:
+        """A1111 sampler_name -> ours ("<name>" or "<name> karras"), from a worker's registry."""
+        self.redis.hset(keys.sampler_names(), mapping=cast("Mapping[Any, Any]", dict(names)))
+
+    def sampler_names(self) -> dict[str, str]:
+        """What `publish_sampler_names` wrote (empty before any worker started)."""
+        raw = self.redis.hgetall(keys.sampler_names())
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+
     def get_inputs(self, job_id: str, names: Sequence[str]) -> dict[str, bytes]:
         """The stored uploads of an image task that are still there, by name."""
         values = self.redis.mget([keys.job_input(job_id, name) for name in names])

@@ -17,7 +17,7 @@ from service.metrics import ApiMetrics, MetricsMiddleware
 from service.openapi import install_problem_schema
 from service.ratelimit import RateLimiter
 from service.redis_client import RedisDeadline, connect_redis
-from service.routes import health, image_tasks, jobs, models, openai_images, txt2img
+from service.routes import a1111, health, image_tasks, jobs, models, openai_images, txt2img
 from service.routes.image_tasks import IMAGE_TASK_PATHS
 from service.routes.openai_images import OPENAI_PATHS
 from service.settings import ApiSettings
@@ -64,13 +64,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(txt2img.build_router(settings))
     app.include_router(image_tasks.build_router(settings))
     app.include_router(openai_images.build_router(settings))
+    app.include_router(a1111.build_router(settings))
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
     # Outermost last: metrics see every response, including the 413s of the body limit; the
     # Redis deadline starts once the body is in (a slow upload is the read deadline's business).
     app.add_middleware(RedisDeadline, budget_s=settings.redis_deadline_s)
-    image_routes = dict.fromkeys(IMAGE_TASK_PATHS + OPENAI_PATHS, settings.max_image_body_bytes)
+    uploads = [*IMAGE_TASK_PATHS, *OPENAI_PATHS, f"{a1111.PREFIX}/img2img"]
+    image_routes = dict.fromkeys(uploads, settings.max_image_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, per_path=image_routes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     logger.info(

@@ -22,8 +22,10 @@ DESCRIPTIONS = {
     413: "Request body larger than LDM_MAX_BODY_BYTES",
     422: "Invalid request: `errors` names each offending field",
     429: "Rate limit or per-key concurrency limit reached; retry after Retry-After seconds",
+    500: "The job failed or was canceled (the synchronous dialects)",
     503: "Redis unreachable or full, queue full, or (readiness) no live worker; retry after "
     "Retry-After seconds",
+    504: "The job did not finish within LDM_SYNC_TIMEOUT (the synchronous dialects)",
 }
 
 

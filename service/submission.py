@@ -3,17 +3,20 @@ record and its rq job in one transaction (with an image task's uploads), the 202
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Header, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from jobs.idempotency import IdempotencyClaims, body_fingerprint
 from jobs.schema import JobRecord, JobStatus, ResolvedRequest, Task, Txt2ImgRequest
 from jobs.store import JobStore
+from service.errors import Problem
 from service.metrics import ApiMetrics
 from service.openapi import problem_responses
 from service.settings import ApiSettings
@@ -118,3 +121,22 @@ def enqueue(
     logger.info("job %s queued model=%s task=%s steps=%d", job_id, request.model,
                 request.task.value, request.steps)  # fmt: skip
     return job_reply(response, store, record)
+
+
+async def finished(store: JobStore, job_id: str, timeout: float) -> JobRecord:
+    """Wait for a job to succeed (the synchronous dialects): its record; 504 after `timeout`
+    naming the job, 500 when it failed or was canceled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await run_in_threadpool(store.get, job_id)
+        if record is not None and record.status.terminal:
+            break
+        if time.monotonic() > deadline:
+            raise Problem(504, "timeout", "Timeout", f"job {job_id} is still running after "
+                          f"{timeout:g} s; GET /v1/jobs/{job_id} has it")  # fmt: skip
+        await asyncio.sleep(0.1)
+    if record.status != JobStatus.succeeded:
+        message = record.error.message if record.error else record.status.value
+        raise Problem(500, "job-failed", "Job failed",
+                      f"job {job_id} {record.status.value}: {message}")  # fmt: skip
+    return record

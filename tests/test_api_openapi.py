@@ -81,10 +81,11 @@ def test_schemathesis_all_checks_find_nothing(fuzzed_api: ApiServer, tmp_path: P
         # its TTL, by design, where this check expects a 404 after DELETE.
         "--exclude-checks",
         "use_after_free",
-        # The OpenAI dialect answers synchronously once a worker ran the job (none runs here):
-        # tests/test_api_openai.py drives those routes with the real openai SDK instead.
+        # The OpenAI and A1111 generation routes answer synchronously once a worker ran the job
+        # (none runs here): tests/test_api_openai.py and test_api_a1111.py drive them with the
+        # real openai and webuiapi packages instead.
         "--exclude-path-regex",
-        "^/v1/images/",
+        "^/v1/images/|^/sdapi/v1/(txt2img|img2img)$",
         "--max-examples",
         "20",
         "--seed",

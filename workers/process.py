@@ -66,6 +66,18 @@ def compile_for_serving(pipe: Pipeline, settings: WorkerSettings) -> float:
     return seconds
 
 
+def a1111_sampler_names() -> dict[str, str]:
+    """A1111's sampler_name for each registry entry, plain and Karras, -> ours (for the API's
+    /sdapi/v1 dialect, which imports no model code)."""
+    from model.sampling.registry import SAMPLERS
+
+    names = {}
+    for entry in SAMPLERS.values():
+        names[entry.a1111_name(False)] = entry.name
+        names[entry.a1111_name(True)] = f"{entry.name} karras"
+    return names
+
+
 def connect_redis(settings: WorkerSettings) -> Redis:
     """A client that never blocks forever: a frozen Redis surfaces as a timeout (an outage)."""
     return Redis.from_url(
@@ -113,6 +125,7 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     )
     bridge.on_abandoned = abandoned_hook(store, metrics)
     store.publish_tasks(settings.model_name, backend.tasks)
+    store.publish_sampler_names(a1111_sampler_names())
     loop_ref: list[BatchLoop] = []
     watchdog = Watchdog(
         settings.watchdog_seconds, busy=lambda: bool(loop_ref and loop_ref[0].busy())

@@ -7,7 +7,7 @@ anything is queued, and stored beside the job record for the worker (jobs/store.
 import base64
 import json
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -16,13 +16,21 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from jobs.images import BadImage, as_mask, decode, from_base64, job_size
-from jobs.schema import IMAGE_FIELDS, Img2ImgRequest, InpaintRequest, Limits, request_model
+from jobs.schema import (
+    IMAGE_FIELDS,
+    Img2ImgRequest,
+    InpaintRequest,
+    Limits,
+    Txt2ImgRequest,
+    request_model,
+)
 from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.settings import ApiSettings
 from service.submission import SUBMIT_RESPONSES, IdempotencyKey, enqueue, invalid
 from service.views import JobView
 
+Req = TypeVar("Req", bound=Txt2ImgRequest)
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # Form fields that are text as sent; every other form field is read as a JSON value ("7.5").
@@ -58,7 +66,7 @@ async def body_fields(request: Request) -> dict[str, Any]:
     return data
 
 
-def parsed(model: type[Img2ImgRequest], fields: dict[str, Any]) -> Img2ImgRequest:
+def parsed(model: type[Req], fields: dict[str, Any]) -> Req:
     """The body as `model`, or a 422 naming each bad field."""
     try:
         return model.model_validate(fields)

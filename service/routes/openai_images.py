@@ -11,7 +11,6 @@ extra body fields; other OpenAI fields (quality, style, background, ...) are ign
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at runtime.
 
-import asyncio
 import base64
 import time
 import uuid
@@ -30,11 +29,10 @@ from jobs.schema import (
 )
 from jobs.store import JobStore
 from service.deps import SubmitDeps
-from service.errors import Problem
 from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import body_fields, parsed, prepared
 from service.settings import ApiSettings
-from service.submission import enqueue, invalid
+from service.submission import enqueue, finished, invalid
 
 NATIVE_EXTRAS = ("negative_prompt", "seed", "steps", "guidance_scale", "sampler", "model",
                  "output_format")  # fmt: skip
@@ -129,23 +127,11 @@ def native_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return native
 
 
-async def wait_for_images(
+async def images_of(
     request: Request, store: JobStore, job_id: str, timeout: float, url: bool
 ) -> list[ImageData]:
-    """Poll the job until it ends; its images as b64_json or URLs. 504 after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        record = await run_in_threadpool(store.get, job_id)
-        if record is not None and record.status.terminal:
-            break
-        if time.monotonic() > deadline:
-            raise Problem(504, "timeout", "Timeout", f"job {job_id} is still running after "
-                          f"{timeout:g} s; GET /v1/jobs/{job_id} has it")  # fmt: skip
-        await asyncio.sleep(0.1)
-    if record.status.value != "succeeded":
-        message = record.error.message if record.error else record.status.value
-        raise Problem(500, "job-failed", "Job failed", f"job {job_id} {record.status.value}: "
-                      f"{message}")  # fmt: skip
+    """Wait for the job; its images as b64_json or as URLs of the job's image route."""
+    record = await finished(store, job_id, timeout)
     count = record.request.num_images
     if url:
         base = str(request.base_url).rstrip("/")
@@ -197,7 +183,7 @@ def add_route(router: APIRouter, settings: ApiSettings, action: str, model: Any)
             enqueue, body, str(uuid.uuid4()), owner, None, response, deps, resolved, uploads
         )
         url = fields.get("response_format", "b64_json") == "url"
-        data = await wait_for_images(request, store, job.id, settings.sync_timeout_s, url)
+        data = await images_of(request, store, job.id, settings.sync_timeout_s, url)
         request_ = job.request
         return ImagesResponse(created=int(time.time()), data=data,
                               output_format=request_.output_format.value,
