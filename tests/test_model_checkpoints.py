@@ -69,6 +69,7 @@ def convert(*args: str) -> None:
                    check=True, capture_output=True)  # fmt: skip
 
 
+@pytest.mark.slow  # the fast tier stays under 3 minutes; the full suite runs it
 def test_single_file_from_convert_matches_diffusers_from_single_file(
     tiny: Path, tmp_path: Path
 ) -> None:
@@ -162,6 +163,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow  # the fast tier stays under 3 minutes; the full suite runs it
 def test_plain_ckpt_loads_through_weights_only(tiny: Path, tmp_path: Path) -> None:
     single = tmp_path / "m.safetensors"
     convert(str(tiny), str(single), "--dtype", "float32")

@@ -74,6 +74,7 @@ def test_autoencoder_resumes(autoencoder: Path, data: tuple, capsys: pytest.Capt
     assert "resumed stage 1" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the fast tier stays under 3 minutes; the full suite runs it
 def test_ldm_loss_falls_and_folder_loads(autoencoder: Path, data: tuple, tmp_path: Path) -> None:
     images, samples = data
     training = LDMTraining(

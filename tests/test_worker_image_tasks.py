@@ -81,6 +81,9 @@ def test_three_tasks_share_forwards_and_match_their_solo_images(
         samples = metrics['ldm_worker_batch_size_sum{model="default"}']
         # 8 + 4 + 8 sample-steps; shared forwards make fewer forwards than that
         assert samples == 20 and forwards < samples, metrics
+        for task in JOBS:  # images are counted by task
+            key = f'ldm_worker_images_generated_total{{model="default",task="{task}"}}'
+            assert metrics[key] == 1, metrics
         alone = {name: pixels(store, create(store, *job)) for name, job in JOBS.items()}
     finally:
         worker.stop()

@@ -52,9 +52,10 @@ class WorkerMetrics:
             labels,
             registry=registry,
         ).labels(model)
-        self.images = Counter(
-            "ldm_worker_images_generated_total", "Images stored.", labels, registry=registry
-        ).labels(model)
+        self._images = Counter(
+            "ldm_worker_images_generated_total", "Images stored, by task.", [*labels, "task"],
+            registry=registry,
+        )  # fmt: skip
         self.running_samples = Gauge(
             "ldm_worker_running_samples", "Samples in the running batch.", labels, registry=registry
         ).labels(model)
@@ -97,6 +98,10 @@ class WorkerMetrics:
         if outcome == "failed":
             reason = reason if reason in FAILURE_REASONS else "error"
             self._failures.labels(self.model, reason).inc()
+
+    def images_stored(self, task: str, count: int) -> None:
+        """Count stored images of one task (txt2img, img2img, inpaint)."""
+        self._images.labels(self.model, task).inc(count)
 
     def record_memory(self, device: str) -> None:
         """Sample device memory: CUDA allocator stats, or process RSS on CPU."""

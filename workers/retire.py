@@ -132,7 +132,7 @@ class Retirer:
                 return
             self.bridge.succeed(job.claim, {"images": len(encoded)})
             self.metrics.job_ended("succeeded")
-            self.metrics.images.inc(len(encoded))
+            self.metrics.images_stored(job.request.task.value, len(encoded))
             self.metrics.job_duration.observe(duration)
             log.info(
                 "job_succeeded job_id=%s images=%d steps=%d seconds=%.3f sampling_s=%.3f "
