@@ -100,9 +100,10 @@ class Session:
     def add_variant(self, name: str, inductor: bool, channels_last: bool = False) -> None:
         """Our pipeline over the same weights, compiled (`inductor`: graphs over its kernels)."""
         pipe = Pipeline(self.ours.components, self.device, self.ours.dtype)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        for module in (pipe.components.unet, pipe.components.vae):
-            module.to(memory_format=layout)  # in place: a later variant sets its own
+        if self.device.type == "cuda":  # the CPU keeps the Pipeline's own (channels_last)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            for module in (pipe.components.unet, pipe.components.vae):
+                module.to(memory_format=layout)  # in place: a later variant sets its own
         pipe.compile(inductor=inductor)
         self.variant_pipes[name] = pipe
 
