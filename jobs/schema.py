@@ -150,6 +150,7 @@ class Txt2ImgRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     limits: ClassVar[Limits] = DEFAULT_LIMITS
     task: ClassVar[Task] = Task.txt2img
+    prompt_may_be_empty: ClassVar[bool] = False
 
     prompt: str = _DEFAULT_FIELDS["prompt"]
     negative_prompt: str = _DEFAULT_FIELDS["negative_prompt"]
@@ -235,11 +236,11 @@ def request_model(
     `limits`; with `models`, `model` must name one of them (an enum in the schema)."""
     base = base or Txt2ImgRequest
     bounded = _bounded_fields(limits)
-    if base is VariationRequest:  # its prompt may be empty
+    if base.prompt_may_be_empty:  # OpenAI's variations: the base's own prompt field
         del bounded["prompt"]
     if base is not Txt2ImgRequest:  # image tasks: the size is the init image's unless given
         for name in ("width", "height"):
-            bounded[name] = _optional_size_field(limits)
+            bounded[name] = optional_size_field(limits)
     fields: dict[str, Any] = {
         name: (base.model_fields[name].annotation, info) for name, info in bounded.items()
     }
@@ -251,7 +252,7 @@ def request_model(
     return model
 
 
-def _optional_size_field(limits: Limits) -> Any:
+def optional_size_field(limits: Limits) -> Any:
     """Width/height of an image task: absent = the init image's, rounded down to 8."""
     return Field(
         None,
@@ -262,50 +263,7 @@ def _optional_size_field(limits: Limits) -> Any:
     )
 
 
-IMAGE_DESCRIPTION = "a PNG, JPEG or WebP image: base64, or a data: URL (JSON); a file (multipart)"
-IMAGE_FIELDS = {"init_image", "mask_image"}
-
-
-class Img2ImgRequest(Txt2ImgRequest):
-    """Body of POST /v1/img2img: SDEdit from `init_image`, running steps x strength steps."""
-
-    init_image: str = Field(min_length=1, strict=True, description=IMAGE_DESCRIPTION)
-    strength: float = Field(
-        0.75, gt=0.0, le=1.0, strict=True,
-        description="how far down the schedule to start: 1 ignores the image's content",
-    )  # fmt: skip
-    width: int | None = _optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
-    height: int | None = _optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
-    task: ClassVar[Task] = Task.img2img
-
-
-class VariationRequest(Img2ImgRequest):
-    """img2img with any prompt, the empty one included (OpenAI's image variations)."""
-
-    prompt: str = Field("", max_length=DEFAULT_LIMITS.max_prompt_chars, strict=True)
-
-    @field_validator("prompt", "negative_prompt")
-    @classmethod
-    def _text(cls, value: str, info: ValidationInfo) -> str:
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
-
-
-class InpaintRequest(Img2ImgRequest):
-    """Body of POST /v1/inpaint: repaint the mask's white (or transparent) part of init_image."""
-
-    mask_image: str = Field(
-        min_length=1, strict=True,
-        description=IMAGE_DESCRIPTION + "; white (or transparent, when it has alpha) = repaint",
-    )  # fmt: skip
-    strength: float = Field(1.0, gt=0.0, le=1.0, strict=True)
-    keep_unmasked: bool = Field(
-        True, strict=True,
-        description="paste the init image's unmasked pixels over the result (exact outside the "
-        "mask, as A1111); false: the decoded image everywhere (as diffusers)",
-    )  # fmt: skip
-    task: ClassVar[Task] = Task.inpaint
+IMAGE_FIELDS = {"init_image", "mask_image"}  # image tasks' uploads (jobs/image_requests.py)
 
 
 class ResolvedRequest(BaseModel):

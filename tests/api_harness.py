@@ -111,6 +111,21 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def native_first_image(server: ApiServer, route: str, **kwargs: object) -> bytes:
+    """POST a native job (kwargs as httpx's: json=, data=, files=), wait for it to succeed, and
+    return its first image's bytes: the reference the dialect tests compare with."""
+    with server.client() as http:
+        reply = http.post(route, **kwargs)  # type: ignore[arg-type]
+        assert reply.status_code == 202, reply.text
+        job_id = reply.json()["id"]
+        deadline = time.monotonic() + 60
+        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["status"] == "succeeded", job
+        return http.get(job["images"][0]).content
+
+
 def tiny_png(width: int = 1, height: int = 1) -> bytes:
     """A valid grey PNG, built without PIL."""
 

@@ -16,7 +16,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from tests.api_harness import KEY_A, ApiServer, encode_png, serve
+from tests.api_harness import KEY_A, ApiServer, encode_png, native_first_image, serve
 from tests.conftest import RedisServer
 from tests.worker_harness import WorkerProcess, tiny_model
 
@@ -62,16 +62,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def native(stack: ApiServer, route: str, **kwargs: object) -> np.ndarray:
-    with stack.client() as http:
-        reply = http.post(route, **kwargs)
-        assert reply.status_code == 202, reply.text
-        job_id = reply.json()["id"]
-        deadline = time.monotonic() + 60
-        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert job["status"] == "succeeded", job
-        return pixels(Image.open(io.BytesIO(http.get(job["images"][0]).content)))
+    return pixels(Image.open(io.BytesIO(native_first_image(stack, route, **kwargs))))
 
 
 COMMON = {"seed": 9, "steps": 4, "cfg_scale": 5, "width": SIZE, "height": SIZE}

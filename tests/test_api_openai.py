@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.api_harness import KEY_A, ApiServer, encode_png, serve
+from tests.api_harness import KEY_A, ApiServer, encode_png, native_first_image, serve
 from tests.conftest import RedisServer
 from tests.worker_harness import WorkerProcess, tiny_model
 
@@ -63,16 +62,7 @@ def decoded(data: bytes) -> np.ndarray:
 
 def native(stack: ApiServer, route: str, **kwargs: object) -> np.ndarray:
     """The same job through the native API: first image's pixels."""
-    with stack.client() as http:
-        reply = http.post(route, **kwargs)
-        assert reply.status_code == 202, reply.text
-        job_id = reply.json()["id"]
-        deadline = time.monotonic() + 60
-        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert job["status"] == "succeeded", job
-        return decoded(http.get(job["images"][0]).content)
+    return decoded(native_first_image(stack, route, **kwargs))
 
 
 def test_generate_equals_the_native_txt2img(stack: ApiServer, client: openai.OpenAI) -> None:

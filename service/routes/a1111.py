@@ -20,15 +20,9 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
 from jobs import keys
+from jobs.image_requests import Img2ImgRequest, InpaintRequest
 from jobs.images import DATA_URL
-from jobs.schema import (
-    Img2ImgRequest,
-    InpaintRequest,
-    JobRecord,
-    JobStatus,
-    Txt2ImgRequest,
-    request_model,
-)
+from jobs.schema import JobRecord, JobStatus, Txt2ImgRequest, request_model
 from jobs.store import JobStore
 from service.deps import Store, SubmitDeps
 from service.openapi import problem_responses

@@ -15,15 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from jobs.image_requests import Img2ImgRequest, InpaintRequest
 from jobs.images import BadImage, as_mask, decode, from_base64, job_size
-from jobs.schema import (
-    IMAGE_FIELDS,
-    Img2ImgRequest,
-    InpaintRequest,
-    Limits,
-    Txt2ImgRequest,
-    request_model,
-)
+from jobs.schema import IMAGE_FIELDS, Limits, Txt2ImgRequest, request_model
 from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.settings import ApiSettings

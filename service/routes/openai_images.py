@@ -20,13 +20,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from jobs.schema import (
-    Img2ImgRequest,
-    InpaintRequest,
-    Txt2ImgRequest,
-    VariationRequest,
-    request_model,
-)
+from jobs.image_requests import Img2ImgRequest, InpaintRequest, VariationRequest
+from jobs.schema import Txt2ImgRequest, request_model
 from jobs.store import JobStore
 from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
