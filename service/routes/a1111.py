@@ -137,7 +137,8 @@ def build_router(settings: ApiSettings) -> APIRouter:
             payload = image_payload
         job = await run_in_threadpool(enqueue, payload, str(uuid.uuid4()), owner, None, response,
                                       deps, resolved, uploads)  # fmt: skip
-        store.redis.set(keys.a1111_latest(owner), job.id, ex=LATEST_TTL_S)
+        latest_key = keys.a1111_latest(owner)  # a blocking call: off the event loop
+        await run_in_threadpool(store.redis.set, latest_key, job.id, ex=LATEST_TTL_S)
         response.status_code = 200
         record = await finished(store, job.id, settings.sync_timeout_s)
         count = record.request.num_images

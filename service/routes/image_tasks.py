@@ -100,8 +100,8 @@ def prepared(body: Img2ImgRequest, limits: Limits) -> tuple[dict[str, object], d
         if mask.size != init.size:
             raise invalid("mask_image", f"mask is {mask.size[0]}x{mask.size[1]}, the init image "
                                         f"{init.size[0]}x{init.size[1]}")  # fmt: skip
-    resolved = {"task": body.task, "width": width, "height": height, "strength": body.strength,
-                "keep_unmasked": bool(getattr(body, "keep_unmasked", False))}  # fmt: skip
+    # keep_unmasked (inpainting) needs nothing here: the request's own value carries over
+    resolved = {"task": body.task, "width": width, "height": height, "strength": body.strength}
     return resolved, uploads
 
 
