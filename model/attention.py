@@ -69,13 +69,23 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm self-attention, cross-attention on the text context, then feed-forward."""
+    """Pre-norm self-attention, cross-attention on the text context, then feed-forward; with
+    `cross_only` the first attention attends to the context too (CompVis `disable_self_attn`)."""
 
     def __init__(
-        self, dim: int, heads: int, head_dim: int, context_dim: int, upcast: bool = False
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int,
+        context_dim: int,
+        upcast: bool = False,
+        cross_only: bool = False,
     ) -> None:
         super().__init__()
-        self.attn1 = CrossAttention(dim, None, heads, head_dim, upcast)
+        self.cross_only = cross_only
+        self.attn1 = CrossAttention(
+            dim, context_dim if cross_only else None, heads, head_dim, upcast
+        )
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, head_dim, upcast)
         self.norm1 = nn.LayerNorm(dim)
@@ -83,7 +93,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn1(self.norm1(x), context if self.cross_only else None)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -101,6 +111,7 @@ class SpatialTransformer(nn.Module):
         use_linear: bool,
         norm_groups: int = 32,
         upcast: bool = False,
+        cross_only: bool = False,
     ) -> None:
         super().__init__()
         inner = heads * head_dim
@@ -108,7 +119,8 @@ class SpatialTransformer(nn.Module):
         self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, head_dim, context_dim, upcast) for _ in range(depth)
+            BasicTransformerBlock(inner, heads, head_dim, context_dim, upcast, cross_only)
+            for _ in range(depth)
         )
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
 

@@ -8,19 +8,22 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from model.autoencoder import AutoencoderKL
+from model.noise_augmentation import NoiseAugmentation
 from model.sampling.schedule import ScheduleConfig
 from model.unet import UNet
 
 
 @dataclass
 class Components:
-    """UNet, autoencoder, text encoder, tokenizer and the training noise schedule."""
+    """UNet, autoencoder, text encoder, tokenizer and the training noise schedule; upscalers
+    (a low-res image concatenated to the latent) also have the low-res input's augmentation."""
 
     unet: UNet
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     schedule: ScheduleConfig
+    upscaler: NoiseAugmentation | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Components:
         """Move the networks; the VAE keeps fp32 on fp16 (SD's VAE overflows in fp16)."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.image_inputs import binary_mask, starting_point
+from model.image_inputs import binary_mask, starting_point, upscale_start
 from model.pipeline import Pipeline
 from model.sampling.denoiser import Denoiser
 from model.sampling.guidance import guided_denoise
@@ -47,6 +47,10 @@ class SampleSpec:
     # Inpainting: paste the init image's unmasked pixels over the decoded result (A1111's
     # overlay), so the kept area is exact instead of a VAE round trip; diffusers does not.
     keep_unmasked: bool = False
+    # Upscaling (x4 upscaler models): the low-res input, width x height / f x f, noise-augmented
+    # to `noise_level` (a training step of its own schedule) before it conditions the UNet.
+    low_res_image: Image.Image | None = field(default=None, compare=False)
+    noise_level: int = 20
 
     def first_step(self) -> int:
         """Index of the grid step sampling starts at (0 for text-to-image)."""
@@ -69,10 +73,12 @@ class Sample:
         cond: torch.Tensor,
         uncond: torch.Tensor | None,
         concat: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> None:
         self.spec, self.tag, self.trajectory = spec, tag, trajectory
         self.cond, self.uncond = cond, uncond  # (1, L, D) each; uncond only when guided
-        self.concat = concat  # (1, C', h, w) channels beside x on every call (inpainting models)
+        self.concat = concat  # (1, C', h, w) beside x on every call (inpainting, upscaling)
+        self.labels = labels  # (1,) class label of class-conditional UNets (upscaler noise level)
 
     @property
     def done(self) -> bool:
@@ -132,15 +138,21 @@ class BatchEngine:
             raise ValueError(f"init image is {spec.init_image.size}, expected {size}")
         if spec.mask_image is not None and spec.init_image is None:
             raise ValueError("a mask needs an init image")
-        start = starting_point(p, grid, noise, generator, spec.init_image, spec.mask_image,
-                               full_strength=spec.strength >= 1.0)  # fmt: skip
+        if p.upscaler is not None or spec.low_res_image is not None:
+            low = spec.low_res_image
+            if low is not None and (low.width * f, low.height * f) != size:
+                raise ValueError(f"low-res image is {low.size}, expected {f}x smaller than {size}")
+            start = upscale_start(p, grid, noise, generator, low, spec.noise_level)
+        else:
+            start = starting_point(p, grid, noise, generator, spec.init_image, spec.mask_image,
+                                   full_strength=spec.strength >= 1.0)  # fmt: skip
 
         if spec.guidance_scale > 1.0:
             cond, uncond = p.conditioner.encode_pair(spec.prompt, spec.negative_prompt)
         else:
             cond, uncond = p.conditioner.encode(spec.prompt), None
         trajectory = Trajectory(entry, start.x, grid, noise, spec.eta, start.known)
-        sample = Sample(spec, tag, trajectory, cond, uncond, start.concat)
+        sample = Sample(spec, tag, trajectory, cond, uncond, start.concat, start.labels)
         self.active.append(sample)
         return sample
 
@@ -195,8 +207,10 @@ class BatchEngine:
         )  # (U, L, D)
         concats = [s.concat for s in group if s.concat is not None]
         concat = torch.cat(concats) if concats else None  # (B, C', h, w): all or none (model)
+        labels = [s.labels for s in group if s.labels is not None]
+        label = torch.cat(labels) if labels else None  # (B,): all or none (the model decides)
         denoised = guided_denoise(
-            self.denoiser, x, sigma, t, context, uncond_context, scale, concat
+            self.denoiser, x, sigma, t, context, uncond_context, scale, concat, label
         )
         for i, sample in enumerate(group):
             sample.trajectory.advance(denoised[i : i + 1])

@@ -6,10 +6,13 @@
   latent-size mask and the masked image's latent, concatenated to its input on every call.
 - inpainting with any other model: after every step the known region is re-imposed, noised to the
   next step's level, and the final latent takes z0 there (diffusers' 4-channel inpainting).
+- super-resolution (the SD x4 upscaler; LDM Sec. 4.4): the low-res image, noise-augmented to
+  `noise_level`, is concatenated to the latent on every call and the level is the class label.
 
 Random draws follow diffusers' pipelines, all from the sample's own generator: the init image's
 posterior (when encoded), the noise, then the masked image's posterior (inpainting, drawn even
-when a 4-channel model does not use it, so later draws line up).
+when a 4-channel model does not use it, so later draws line up); for upscaling the low-res
+image's augmentation noise, then the latent's noise (diffusers' StableDiffusionUpscalePipeline).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class StartingPoint:
     x: torch.Tensor  # (1, C, h, w)
     concat: torch.Tensor | None = None  # (1, C', h, w) channels the UNet sees beside x
     known: KnownRegion | None = None
+    labels: torch.Tensor | None = None  # (1,) class label of class-conditional UNets
 
 
 def binary_mask(mask: Image.Image) -> torch.Tensor:
@@ -82,3 +86,26 @@ def starting_point(
         return StartingPoint(x, concat=torch.cat([latent_mask, masked], dim=1))
     assert z0 is not None
     return StartingPoint(x, known=KnownRegion(z0, eps, latent_mask))
+
+
+def upscale_start(
+    pipeline: Pipeline,
+    grid: SamplingGrid,
+    noise: Callable[[], torch.Tensor],
+    generator: torch.Generator,
+    low_res: Image.Image | None,
+    noise_level: int,
+) -> StartingPoint:
+    """Pure noise, with the noise-augmented low-res image (1, 3, h, w) as concatenated channels
+    and its noise level as the class label (diffusers' x4 upscaler)."""
+    augment = pipeline.upscaler
+    if augment is None:
+        raise ValueError("this model is not an upscaler")
+    if low_res is None:
+        raise ValueError("this is an upscaling model: it needs a low-resolution image")
+    pixels = to_pixels(low_res)  # (1, 3, h, w) in [-1, 1]
+    augmentation_noise = torch.randn(pixels.shape, generator=generator, dtype=torch.float32)
+    concat = augment(pixels, augmentation_noise, noise_level).to(pipeline.device)  # (1, 3, h, w)
+    x = noise() * grid.init_noise_scale  # (1, C, h, w): drawn after the augmentation noise
+    labels = torch.tensor([noise_level], dtype=torch.long, device=pipeline.device)  # (1,)
+    return StartingPoint(x, concat=concat, labels=labels)

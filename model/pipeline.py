@@ -16,6 +16,7 @@ from model.compiled import bucket_rows, compile_call, pad_rows
 from model.components import Components
 from model.conditioning import TextConditioner
 from model.errors import NonFiniteOutput
+from model.noise_augmentation import NoiseAugmentation
 from model.vae_tiling import decode_tiled
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class Pipeline:
             for n in buckets:
                 x = torch.zeros(n, c, height // f, width // f, device=self.device)
                 t = torch.full((n,), 500.0, device=self.device)  # float32, as the engine
-                self.network(x, t, context.expand(n, -1, -1))
+                labels = self.class_labels(n)
+                self.network(x, t, context.expand(n, -1, -1), labels)
             self.decode_latents(torch.zeros(1, self.latent_channels, height // f, width // f))
 
     @property
@@ -84,15 +86,41 @@ class Pipeline:
     @property
     def concat_channels(self) -> int:
         """UNet input channels beyond the latent: 5 for inpainting models (mask + masked-image
-        latent, LDM Sec. 3.3's concatenation), 0 for text-to-image ones."""
+        latent, LDM Sec. 3.3's concatenation), 3 for upscalers, 0 for text-to-image ones."""
         return self.components.unet.config.in_channels - self.latent_channels
+
+    @property
+    def upscaler(self) -> NoiseAugmentation | None:
+        """The low-res input's noise augmentation of an upscaler (x4 layout), else None."""
+        return self.components.upscaler
+
+    def class_labels(self, n: int) -> torch.Tensor | None:
+        """Placeholder labels (n,) for a class-conditional UNet's warm-up, else None."""
+        if self.components.unet.config.num_classes is None:
+            return None
+        return torch.zeros(n, dtype=torch.long, device=self.device)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What this model can do: upscalers upscale (output = f x the input image), inpainting
+        models inpaint, text-to-image models do text-to-image, SDEdit and masked repainting."""
+        if self.upscaler is not None:
+            return ("upscale",)
+        return ("inpaint",) if self.concat_channels else ("txt2img", "img2img", "inpaint")
 
     @property
     def prediction_type(self) -> str:
         return self.components.schedule.prediction_type
 
-    def network(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """UNet eps/v output (B, C, h, w) float32 for VP inputs, in the model's dtype.
+    def network(
+        self,
+        x_in: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """UNet eps/v output (B, C, h, w) float32 for VP inputs, in the model's dtype; `labels`
+        (B,) for class-conditional UNets (the upscaler's noise level).
 
         Never runs a single row: CPU conv kernels differ at batch 1 only, so duplicating a lone
         row keeps every image bit-identical whatever shares its batch. Compiled, every batch is
@@ -100,8 +128,8 @@ class Pipeline:
         """
         n = len(x_in)
         rows = bucket_rows(n) if self.compiled else max(n, 2)
-        x_in, t, context = (pad_rows(a, rows) for a in (x_in.to(self.dtype), t, context))
-        return self.unet_call(x_in, t, context)[:n].float()
+        args = [x_in.to(self.dtype), t, context] + ([] if labels is None else [labels])
+        return self.unet_call(*(pad_rows(a, rows) for a in args))[:n].float()
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

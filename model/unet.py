@@ -32,6 +32,11 @@ class UNetConfig:
     use_linear_projection: bool = False
     norm_groups: int = 32
     upcast_attention: bool = False
+    # Per level: attention attends to the context only, no self-attention (the SD x4 upscaler;
+    # CompVis `disable_self_attentions`, diffusers `only_cross_attention`). Empty: none.
+    cross_attention_only: tuple[bool, ...] = ()
+    # Class-conditional embedding added to the timestep embedding (the x4 upscaler's noise level).
+    num_classes: int | None = None
 
     def heads_and_dim(self, level: int) -> tuple[int, int]:
         """Number of heads and head size of the attention at one resolution level."""
@@ -160,8 +165,13 @@ class UNet(nn.Module):
             RowwiseLinear(mc, emb_dim), nn.SiLU(), RowwiseLinear(emb_dim, emb_dim)
         )
 
-        def transformer(channels: int, level: int) -> SpatialTransformer:
+        if c.num_classes is not None:
+            self.label_emb = nn.Embedding(c.num_classes, emb_dim)
+
+        def transformer(channels: int, level: int, middle: bool = False) -> SpatialTransformer:
             heads, head_dim = c.heads_and_dim(level)
+            cross_only = not middle and level < len(c.cross_attention_only)
+            cross_only = cross_only and c.cross_attention_only[level]
             return SpatialTransformer(
                 channels,
                 heads,
@@ -171,6 +181,7 @@ class UNet(nn.Module):
                 c.use_linear_projection,
                 groups,
                 c.upcast_attention,
+                cross_only,
             )
 
         self.input_blocks = nn.ModuleList(
@@ -192,7 +203,7 @@ class UNet(nn.Module):
 
         self.middle_block = TimestepEmbedSequential(
             ResBlock(ch, emb_dim, ch, groups),
-            transformer(ch, last),
+            transformer(ch, last, middle=True),
             ResBlock(ch, emb_dim, ch, groups),
         )
 
@@ -211,9 +222,20 @@ class UNet(nn.Module):
             nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(mc, c.out_channels, 3, padding=1)
         )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Predict eps (or v) for latents x (B, C, h, w) at t (B,) given context (B, S, D)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict eps (or v) for latents x (B, C, h, w) at t (B,) given context (B, S, D) and,
+        for class-conditional models, integer labels (B,)."""
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        if self.config.num_classes is not None:
+            if labels is None:
+                raise ValueError("this UNet is class-conditional: it needs labels")
+            emb = emb + self.label_emb(labels.to(emb.device)).to(emb.dtype)  # (B, emb)
         context = context.to(x.dtype)
         skips = []
         h = x

@@ -66,7 +66,6 @@ def build_tiny_sd(
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     with torch.device(device):  # random init where it is fast (an SD-size UNet on a GPU)
@@ -86,27 +85,7 @@ def build_tiny_sd(
                 )
             )
         )
-        tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
-        tokenizer = CLIPTokenizer(
-            str(tokenizer_dir / "vocab.json"),
-            str(tokenizer_dir / "merges.txt"),
-            pad_token="<|endoftext|>",
-            model_max_length=77,
-        )
-        tiny_text = dict(
-            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3
-        )
-        text_config = CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **{
-                "vocab_size": len(tokenizer) + 2,
-                "max_position_embeddings": 77,
-                **(text or tiny_text),
-            },
-        )
-        text_encoder = CLIPTextModel(text_config)
+        tokenizer, text_encoder = tiny_text_encoder(path, text)
     unet_model, vae_model, text_encoder = (
         m.to(dtype) for m in (unet_model, vae_model, text_encoder)
     )
@@ -130,5 +109,90 @@ def build_tiny_sd(
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def tiny_text_encoder(path: Path, text: dict | None = None):  # noqa: ANN201 - (tokenizer, model)
+    """A tiny random CLIP text encoder and its character-level tokenizer (`text` overrides)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer_dir = write_tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer")
+    tokenizer = CLIPTokenizer(
+        str(tokenizer_dir / "vocab.json"),
+        str(tokenizer_dir / "merges.txt"),
+        pad_token="<|endoftext|>",
+        model_max_length=77,
+    )
+    tiny_text = dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{
+            "vocab_size": len(tokenizer) + 2,
+            "max_position_embeddings": 77,
+            **(text or tiny_text),
+        },
+    )
+    text_encoder = CLIPTextModel(text_config)
+    return tokenizer, text_encoder
+
+
+def tiny_upscaler_unet_config() -> dict:
+    """The SD x4 upscaler's UNet layout, tiny: 7 input channels (latent + low-res RGB), the noise
+    level as a class embedding, cross-attention-only attention except at the lowest level."""
+    return dict(
+        block_out_channels=(32, 32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, False),
+        num_class_embeds=1000,
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4, 4),
+        norm_num_groups=8,
+        use_linear_projection=True,
+    )
+
+
+def build_tiny_upscaler(path: Path, seed: int = 0, unet: dict | None = None) -> Path:
+    """Write a random StableDiffusionUpscalePipeline folder (f=4 VAE, v-prediction DDIM, a DDPM
+    low-res scheduler, max_noise_level 350) and return its path."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
+    torch.manual_seed(seed)
+    unet_model = UNet2DConditionModel(**(unet or tiny_upscaler_unet_config()))
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=8,
+        layers_per_block=1,
+        scaling_factor=0.08333,
+    )
+    tokenizer, text_encoder = tiny_text_encoder(path)
+    scheduler = DDIMScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
+        timestep_spacing="leading",
+    )  # fmt: skip
+    low_res = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet_model,
+        low_res_scheduler=low_res, scheduler=scheduler, max_noise_level=350,
+    )  # fmt: skip
     pipe.save_pretrained(str(path), safe_serialization=True)
     return path

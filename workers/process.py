@@ -44,7 +44,7 @@ def model_backend(settings: WorkerSettings) -> Backend:
     device = resolve_device(settings.device)
     pipe = load_pipeline(settings.model, device=device, dtype=resolve_dtype(settings.dtype, device))
     # An inpainting UNet (mask and masked-image channels, LDM Sec. 3.3) only inpaints.
-    tasks = ("inpaint",) if pipe.concat_channels else ("txt2img", "img2img", "inpaint")
+    tasks = pipe.tasks
     compiled = compile_for_serving(pipe, settings)
     return Backend(lambda: BatchEngine(pipe), device, compiled, tasks)
 

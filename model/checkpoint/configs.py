@@ -19,7 +19,6 @@ UNSUPPORTED_UNET = {  # diffusers options this UNet does not implement, with the
     "time_embedding_type": "positional",
     "conv_in_kernel": 3,
     "conv_out_kernel": 3,
-    "only_cross_attention": False,
     "dual_cross_attention": False,
     "center_input_sample": False,
     "resnet_time_scale_shift": "default",
@@ -48,6 +47,10 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         raise ValueError("per-block transformer depth or cross_attention_dim is not supported")
     if any(c % channels[0] for c in channels):
         raise ValueError(f"block_out_channels {channels} are not multiples of the first")
+    if d.get("mid_block_only_cross_attention"):
+        raise ValueError("unsupported UNet config: mid_block_only_cross_attention=True")
+    cross_only = d.get("only_cross_attention", False)
+    cross_only = (cross_only,) * levels if isinstance(cross_only, bool) else tuple(cross_only)
     return UNetConfig(
         in_channels=d.get("in_channels", 4),
         out_channels=d.get("out_channels", 4),
@@ -61,6 +64,8 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         use_linear_projection=bool(d.get("use_linear_projection", False)),
         norm_groups=d.get("norm_num_groups", 32),
         upcast_attention=bool(d.get("upcast_attention")),
+        cross_attention_only=cross_only if any(cross_only) else (),
+        num_classes=d.get("num_class_embeds"),
     )
 
 
@@ -88,6 +93,8 @@ def unet_config_to_diffusers(c: UNetConfig) -> dict[str, Any]:
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "act_fn": "silu",
         "norm_eps": 1e-5,
+        "only_cross_attention": [bool(x) for x in c.cross_attention_only] or False,
+        "num_class_embeds": c.num_classes,
     }
 
 
@@ -147,6 +154,14 @@ def infer_unet_config(sd: dict[str, torch.Tensor], context_dim: int | None = Non
     context = context_dim or sd[attn2].shape[1]
     proj = next(k for k in keys if k.endswith("proj_in.weight"))
     channels = [mc * m for m in mults]
+    attn1 = [
+        sd.get(f"input_blocks.{1 + level * (num_res + 1)}.1.transformer_blocks.0.attn1.to_k.weight")
+        for level in range(len(mults))
+    ]  # (inner, in) per level, None where the level has no attention
+    # attn1 reading the context (its input width differs): the x4 upscaler's cross-only levels
+    cross_only = tuple(
+        w is not None and w.shape[1] != mc * m for w, m in zip(attn1, mults, strict=True)
+    )
     # SD 1.x uses 8 heads everywhere; SD 2.x uses 64-channel heads.
     heads = tuple(8 for _ in channels) if context == 768 else tuple(c // 64 for c in channels)
     return UNetConfig(
@@ -160,6 +175,8 @@ def infer_unet_config(sd: dict[str, torch.Tensor], context_dim: int | None = Non
         context_dim=context,
         use_linear_projection=sd[proj].ndim == 2,
         upcast_attention=context == 1024,
+        cross_attention_only=cross_only if any(cross_only) else (),
+        num_classes=sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else None,
     )
 
 

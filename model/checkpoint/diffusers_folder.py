@@ -13,6 +13,7 @@ from model.autoencoder import AutoencoderKL
 from model.checkpoint import configs, keymap
 from model.checkpoint.files import CheckpointError, read_state_dict, write_safetensors
 from model.components import Components
+from model.noise_augmentation import NoiseAugmentation
 from model.sampling.schedule import ScheduleConfig
 from model.unet import UNet
 
@@ -108,7 +109,17 @@ def load_diffusers(path: Path) -> Components:
         text_encoder=text_encoder.float().eval(),
         tokenizer=tokenizer,
         schedule=schedule,
+        upscaler=load_noise_augmentation(path),
     )
+
+
+def load_noise_augmentation(path: Path) -> NoiseAugmentation | None:
+    """The x4 upscaler layout's `low_res_scheduler/` and `max_noise_level`; None for others."""
+    if not (path / "low_res_scheduler").is_dir():
+        return None
+    config = _read_json(path / "low_res_scheduler" / "scheduler_config.json")
+    max_level = _read_json(path / "model_index.json").get("max_noise_level", 350)
+    return NoiseAugmentation(ScheduleConfig.from_dict(config), int(max_level))
 
 
 def schedule_to_diffusers(schedule: ScheduleConfig) -> dict:

@@ -42,6 +42,7 @@ def unet_prefixes(config: UNetConfig) -> list[tuple[str, str, list[tuple[str, st
         ("middle_block.0.", "mid_block.resnets.0.", RESNET_RENAMES),
         ("middle_block.1.", "mid_block.attentions.0.", []),
         ("middle_block.2.", "mid_block.resnets.1.", RESNET_RENAMES),
+        ("label_emb.", "class_embedding.", []),
     ]
     for i in range(levels):
         for j in range(n):

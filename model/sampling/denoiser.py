@@ -16,9 +16,10 @@ from model.sampling.schedule import PREDICTION_TYPES
 
 
 class Network(Protocol):
-    """An eps/v-predicting network: ``net(x_in, t, context) -> output`` shaped like x_in."""
+    """An eps/v-predicting network: ``net(x_in, t, context[, labels]) -> output`` shaped like
+    x_in; class-conditional networks also take integer labels (B,)."""
 
-    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, context: Any) -> torch.Tensor: ...
+    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, context: Any, /) -> torch.Tensor: ...
 
 
 def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -68,11 +69,17 @@ class Denoiser:
         t: torch.Tensor,
         context: Any,
         concat: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, h, w) VE latents, sigma (B,), t (B,) -> denoised (B, C, h, w) float32;
-        `concat` (B, C', h, w) joins the scaled input unscaled (LDM's concat conditioning)."""
+        `concat` (B, C', h, w) joins the scaled input unscaled (LDM's concat conditioning);
+        `labels` (B,) are class labels of class-conditional networks."""
         x_in = x * per_sample(model_input_scale(sigma), x)  # (B, C, h, w) VP network input
         if concat is not None:
             x_in = torch.cat([x_in, concat], dim=1)  # (B, C + C', h, w)
-        output = self.network(x_in, t.to(x.device), context).float()
+        t = t.to(x.device)
+        if labels is None:  # text-only networks take three arguments
+            output = self.network(x_in, t, context).float()
+        else:
+            output = self.network(x_in, t, context, labels.to(x.device)).float()
         return denoised_from_output(x, sigma, output, self.prediction_type)

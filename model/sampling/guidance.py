@@ -28,9 +28,11 @@ def cfg_rows(
     uncond_context: torch.Tensor,
     guidance_scale: torch.Tensor,
     concat: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Rows of one batched call: all B conditional rows, then the U unconditional rows of the
-    samples that need them; uncond_context holds just those U rows, in sample order."""
+    samples that need them; uncond_context holds just those U rows, in sample order. Per-row
+    extras (`concat` (B, C', h, w), `labels` (B,)) are repeated for the unconditional rows."""
     mask = needs_uncond(guidance_scale).to(x.device)  # (B,) bool
     if int(mask.sum()) != len(uncond_context):
         raise ValueError(f"{int(mask.sum())} guided samples but {len(uncond_context)} uncond rows")
@@ -40,6 +42,7 @@ def cfg_rows(
         torch.cat([t, t[mask.to(t.device)]]),  # (B + U,)
         torch.cat([context, uncond_context]),  # (B + U, L, D)
         None if concat is None else torch.cat([concat, concat[mask]]),  # (B + U, C', h, w)
+        None if labels is None else torch.cat([labels, labels[mask.to(labels.device)]]),  # (B+U,)
     )
 
 
@@ -63,7 +66,8 @@ def guided_denoise(
     uncond_context: Any,
     guidance_scale: torch.Tensor,
     concat: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One denoiser call for B samples with per-sample CFG: (B, C, h, w) guided estimates."""
-    rows = cfg_rows(x, sigma, t, context, uncond_context, guidance_scale, concat)
+    rows = cfg_rows(x, sigma, t, context, uncond_context, guidance_scale, concat, labels)
     return cfg_combine(denoiser(*rows), guidance_scale)
