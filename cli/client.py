@@ -75,11 +75,11 @@ class Client:
         task: str = "txt2img",
         **params: Any,
     ) -> dict[str, Any]:
-        """POST /v1/{task} (txt2img, img2img, inpaint; image bytes go as base64); returns the
-        queued job."""
+        """POST /v1/{task} (txt2img, img2img, inpaint, upscale; image bytes go as base64);
+        returns the queued job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
-        for name in ("init_image", "mask_image"):
+        for name in ("init_image", "mask_image", "image"):
             if isinstance(body.get(name), bytes):
                 body[name] = base64.b64encode(body[name]).decode()
         return self._json("POST", f"/v1/{task}", body, headers)  # fmt: skip

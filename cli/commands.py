@@ -17,6 +17,6 @@ from cli import serve  # noqa: E402  (registrars are light: handlers import lazi
 
 REGISTRARS += [serve.register]
 
-from cli import generate  # noqa: E402  (registrars are light: handlers import lazily)
+from cli import generate, upscale  # noqa: E402  (registrars are light: handlers import lazily)
 
-REGISTRARS += [generate.register]
+REGISTRARS += [generate.register, upscale.register]

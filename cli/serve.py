@@ -44,9 +44,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("txt2img", "generate images and save them"),
         ("img2img", "transform --init-image (SDEdit) and save the results"),
         ("inpaint", "repaint the --mask's white area of --init-image and save the results"),
+        ("upscale", "upscale --image x4 (a served upscaler model) and save the results"),
     ):
         action = actions.add_parser(task, help=help_text)
-        action.add_argument("prompt")
+        action.add_argument("prompt", nargs="?" if task == "upscale" else None, default="")
         action.add_argument("-o", "--output", type=Path, default=Path("out.png"))
         action.add_argument("--url", default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"))
         action.add_argument("--api-key", default=os.environ.get("LDM_API_KEY"))
@@ -59,7 +60,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         action.add_argument("--seed", type=int)
         action.add_argument("--num-images", type=int)
         action.add_argument("--timeout", type=float, default=600.0)
-        if task != "txt2img":
+        if task == "upscale":
+            action.add_argument("--image", type=Path, required=True, help="the low-res image")
+            action.add_argument("--noise-level", type=int, help="0-350 (default 20)")
+        elif task != "txt2img":
             action.add_argument("--init-image", type=Path, required=True)
             action.add_argument("--strength", type=float, help="0.75 img2img, 1 inpaint")
         if task == "inpaint":
@@ -221,7 +225,10 @@ def run_client(args: argparse.Namespace) -> int:
         "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
         "seed": args.seed, "num_images": args.num_images, "task": args.task,
     }  # fmt: skip
-    if args.task != "txt2img":
+    if args.task == "upscale":
+        params["image"] = args.image.read_bytes()
+        params["noise_level"] = args.noise_level
+    elif args.task != "txt2img":
         params["init_image"] = args.init_image.read_bytes()
         params["strength"] = args.strength
     if args.task == "inpaint":

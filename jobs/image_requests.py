@@ -1,5 +1,6 @@
-"""Requests of the image-conditioned tasks (img2img, inpainting, OpenAI's variations): the
-txt2img request plus uploads and strength; the size is the init image's unless given."""
+"""Requests of the image-conditioned tasks (img2img, inpainting, OpenAI's variations, x4
+upscaling): the txt2img request plus uploads and strength or noise level; the size is the init
+image's (x4 the image's for upscaling) unless given."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from typing import ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from jobs.schema import DEFAULT_LIMITS, Task, Txt2ImgRequest, optional_size_field
+from jobs.schema import (
+    DEFAULT_LIMITS,
+    MAX_NOISE_LEVEL,
+    UPSCALE_FACTOR,
+    Task,
+    Txt2ImgRequest,
+    optional_size_field,
+)
 
 IMAGE_DESCRIPTION = "a PNG, JPEG or WebP image: base64, or a data: URL (JSON); a file (multipart)"
 
@@ -53,3 +61,30 @@ class InpaintRequest(Img2ImgRequest):
         "mask, as A1111); false: the decoded image everywhere (as diffusers)",
     )  # fmt: skip
     task: ClassVar[Task] = Task.inpaint
+
+
+class UpscaleRequest(Txt2ImgRequest):
+    """Body of POST /v1/upscale: super-resolution x4 of `image` (the SD x4 upscaler layout)."""
+
+    image: str = Field(min_length=1, strict=True, description=IMAGE_DESCRIPTION)
+    prompt: str = Field(
+        "", max_length=DEFAULT_LIMITS.max_prompt_chars, strict=True,
+        description="what the image shows (may be empty)",
+    )  # fmt: skip
+    noise_level: int = Field(
+        20, ge=0, le=MAX_NOISE_LEVEL, strict=True,
+        description="noise added to the low-res image before it conditions the model: higher "
+        "lets the model invent more detail and trust the input less",
+    )  # fmt: skip
+    width: int | None = optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
+    height: int | None = optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
+    task: ClassVar[Task] = Task.upscale
+    prompt_may_be_empty: ClassVar[bool] = True
+    scale: ClassVar[int] = UPSCALE_FACTOR
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _text(cls, value: str, info: ValidationInfo) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value

@@ -44,6 +44,7 @@ class Task(StrEnum):
     txt2img = "txt2img"
     img2img = "img2img"  # SDEdit: start part-way down the schedule from a noised init image
     inpaint = "inpaint"  # repaint the mask's white (or transparent) area of the init image
+    upscale = "upscale"  # super-resolution x4: the low-res image concatenated to the latent
 
 
 class OutputFormat(StrEnum):
@@ -263,7 +264,10 @@ def optional_size_field(limits: Limits) -> Any:
     )
 
 
-IMAGE_FIELDS = {"init_image", "mask_image"}  # image tasks' uploads (jobs/image_requests.py)
+# The image tasks' uploads (jobs/image_requests.py): never in the record, stored beside it.
+IMAGE_FIELDS = {"init_image", "mask_image", "image"}
+UPSCALE_FACTOR = 4  # the upscale task's output side / input side (the x4 upscaler layout)
+MAX_NOISE_LEVEL = 350  # the x4 upscaler's max_noise_level
 
 
 class ResolvedRequest(BaseModel):
@@ -287,6 +291,7 @@ class ResolvedRequest(BaseModel):
     task: Task = Task.txt2img
     strength: float = 1.0  # img2img/inpaint: the share of the schedule run from the init image
     keep_unmasked: bool = False  # inpaint: the init image's pixels outside the mask, exactly
+    noise_level: int = 20  # upscale: the low-res image's augmentation step (0-350)
 
     @property
     def cost(self) -> int:

@@ -75,7 +75,8 @@ def check_task(store: JobStore, settings: ApiSettings, model: str, task: Task) -
     if published.get(model) is None or task.value in (published[model] or ()):
         return
     able = [name for name, tasks in published.items() if tasks and task.value in tasks]
-    message = f"model {model!r} cannot run {task.value}; " + (
+    runs = ", ".join(published[model] or ())
+    message = f"model {model!r} cannot run {task.value} (it runs: {runs}); " + (
         f"models that can: {', '.join(able)}" if able else "no served model can"
     )
     raise invalid("model", message)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from jobs.images import BadImage, as_init_image, as_mask, decode, fit
-from jobs.schema import ResolvedRequest, Task
+from jobs.schema import UPSCALE_FACTOR, ResolvedRequest, Task
 from jobs.store import JobStore
 from model.sampling.registry import sampler_entry
 
@@ -25,7 +25,10 @@ def parameters_text(request: ResolvedRequest, index: int, model_name: str) -> st
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    strength = f", Denoising strength: {request.strength:g}" if request.task != Task.txt2img else ""
+    strength = {
+        Task.txt2img: "",
+        Task.upscale: f", Noise level: {request.noise_level}",
+    }.get(request.task, f", Denoising strength: {request.strength:g}")
     lines.append(
         f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale:g}, "
         f"Seed: {request.seed + index}, Size: {request.width}x{request.height}, "
@@ -38,14 +41,16 @@ def job_inputs(store: JobStore, job_id: str, request: ResolvedRequest) -> dict[s
     """An image task's stored uploads, decoded and sized for the job as the API checked them
     (init image RGB on white, mask from alpha or luminance); BadImage when one is gone."""
     names = ["init_image"] + (["mask_image"] if request.task == Task.inpaint else [])
-    stored = store.get_inputs(job_id, names)
     size = (request.width, request.height)
+    if request.task == Task.upscale:  # the low-res image, 4x smaller than the output
+        names, size = ["image"], (request.width // UPSCALE_FACTOR, request.height // UPSCALE_FACTOR)
+    stored = store.get_inputs(job_id, names)
     inputs = {}
     for name in names:
         if name not in stored:
             raise BadImage(f"the job's {name} is no longer stored (expired)")
         image = decode(stored[name], max_pixels=MAX_INPUT_PIXELS)
-        inputs[name] = fit(as_init_image(image) if name == "init_image" else as_mask(image), size)
+        inputs[name] = fit(as_mask(image) if name == "mask_image" else as_init_image(image), size)
     return inputs
 
 

@@ -67,7 +67,8 @@ class JobInFlight:
             width=r.width, height=r.height, steps=r.steps, guidance_scale=r.guidance_scale,
             sampler=r.sampler.value, eta=r.eta, karras=r.karras, strength=r.strength,
             init_image=self.inputs.get("init_image"), mask_image=self.inputs.get("mask_image"),
-            keep_unmasked=r.keep_unmasked,
+            keep_unmasked=r.keep_unmasked, low_res_image=self.inputs.get("image"),
+            noise_level=r.noise_level,
         )  # fmt: skip
 
     @property

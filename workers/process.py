@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from redis import Redis
 
+from jobs.schema import UPSCALE_FACTOR
 from jobs.store import JobStore
 from workers.backend import Backend
 from workers.loop import BatchLoop
@@ -43,8 +44,13 @@ def model_backend(settings: WorkerSettings) -> Backend:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     pipe = load_pipeline(settings.model, device=device, dtype=resolve_dtype(settings.dtype, device))
-    # An inpainting UNet (mask and masked-image channels, LDM Sec. 3.3) only inpaints.
+    # An inpainting UNet (mask and masked-image channels, LDM Sec. 3.3) only inpaints; an
+    # upscaler only upscales, and the API's upscale task is x4 (jobs.schema.UPSCALE_FACTOR).
     tasks = pipe.tasks
+    if pipe.upscaler is not None and pipe.downsampling_factor != UPSCALE_FACTOR:
+        raise ValueError(
+            f"{settings.model}: a x{pipe.downsampling_factor} upscaler; the service serves x4"
+        )
     compiled = compile_for_serving(pipe, settings)
     return Backend(lambda: BatchEngine(pipe), device, compiled, tasks)
 

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from PIL.Image import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from jobs.image_requests import Img2ImgRequest, InpaintRequest
+from jobs.image_requests import Img2ImgRequest, InpaintRequest, UpscaleRequest
 from jobs.images import BadImage, as_mask, decode, from_base64, job_size
 from jobs.schema import IMAGE_FIELDS, Limits, Txt2ImgRequest, request_model
 from service.deps import SubmitDeps
@@ -69,7 +70,9 @@ def parsed(model: type[Req], fields: dict[str, Any]) -> Req:
         raise RequestValidationError(errors) from None
 
 
-def prepared(body: Img2ImgRequest, limits: Limits) -> tuple[dict[str, object], dict[str, bytes]]:
+def prepared(
+    body: Img2ImgRequest | UpscaleRequest, limits: Limits
+) -> tuple[dict[str, object], dict[str, bytes]]:
     """Decode and check the uploads; the job's task, size and strength, and the bytes to store."""
     uploads: dict[str, bytes] = {}
     images = {}
@@ -79,15 +82,12 @@ def prepared(body: Img2ImgRequest, limits: Limits) -> tuple[dict[str, object], d
             images[name] = decode(uploads[name], max_pixels=limits.max_pixels)
         except BadImage as exc:
             raise invalid(name, str(exc)) from None
-    init = images["init_image"]
-    try:
-        width, height = job_size(init, body.width, body.height)
-    except BadImage as exc:
-        raise invalid("init_image", str(exc)) from None
-    side = "width" if body.width is not None else "init_image"  # what set the size
+    source = "image" if isinstance(body, UpscaleRequest) else "init_image"
+    width, height = output_size(body, images[source], source)
+    side = "width" if body.width is not None else source  # what set the size
     for field, value in (("width", width), ("height", height)):
         if not limits.min_size <= value <= limits.max_size:
-            name = field if getattr(body, field) is not None else "init_image"
+            name = field if getattr(body, field) is not None else source
             raise invalid(name, f"{field} {value} is outside [{limits.min_size}, "
                                 f"{limits.max_size}]")  # fmt: skip
     if width * height > limits.max_pixels:
@@ -96,18 +96,39 @@ def prepared(body: Img2ImgRequest, limits: Limits) -> tuple[dict[str, object], d
         raise invalid(side, f"width x height x steps x num_images exceeds the cost cap "
                             f"LDM_MAX_COST = {limits.max_cost}")  # fmt: skip
     if "mask_image" in images:
-        mask = as_mask(images["mask_image"])
+        init, mask = images["init_image"], as_mask(images["mask_image"])
         if mask.size != init.size:
             raise invalid("mask_image", f"mask is {mask.size[0]}x{mask.size[1]}, the init image "
                                         f"{init.size[0]}x{init.size[1]}")  # fmt: skip
-    # keep_unmasked (inpainting) needs nothing here: the request's own value carries over
-    resolved = {"task": body.task, "width": width, "height": height, "strength": body.strength}
+    # keep_unmasked (inpainting) and noise_level (upscaling) carry over from the request itself
+    resolved: dict[str, object] = {"task": body.task, "width": width, "height": height}
+    if isinstance(body, Img2ImgRequest):
+        resolved["strength"] = body.strength
     return resolved, uploads
 
 
-ROUTES: list[tuple[str, type[Img2ImgRequest], str]] = [
+def output_size(
+    body: Img2ImgRequest | UpscaleRequest, image: Image, source: str
+) -> tuple[int, int]:
+    """The job's output size: as given, else the image's rounded down to 8 (x4 to upscale)."""
+    scale = body.scale if isinstance(body, UpscaleRequest) else 1
+    given = {}
+    for field in ("width", "height"):
+        value = getattr(body, field)
+        if value is not None and value % (8 * scale):
+            raise invalid(field, f"must be a multiple of {8 * scale} to upscale x{scale}")
+        given[field] = None if value is None else value // scale
+    try:
+        width, height = job_size(image, given["width"], given["height"])
+    except BadImage as exc:
+        raise invalid(source, str(exc)) from None
+    return width * scale, height * scale
+
+
+ROUTES: list[tuple[str, type[Img2ImgRequest] | type[UpscaleRequest], str]] = [
     ("/v1/img2img", Img2ImgRequest, "Queue an image-to-image (SDEdit) job"),
     ("/v1/inpaint", InpaintRequest, "Queue an inpainting job"),
+    ("/v1/upscale", UpscaleRequest, "Queue a x4 super-resolution job (an upscaler model's)"),
 ]
 IMAGE_TASK_PATHS = [path for path, _, _ in ROUTES]
 

@@ -25,7 +25,8 @@ class ModelInfo(BaseModel):
     samplers: list[Sampler]
     output_formats: list[OutputFormat]
     tasks: list[Task] | None = Field(
-        description="what the model's workers run (an inpainting UNet: inpaint only); null "
+        description="what the model's workers run (an inpainting UNet: inpaint only; an "
+        "upscaler: upscale only); null "
         "until one of its workers has started"
     )
 
