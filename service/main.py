@@ -17,7 +17,16 @@ from service.metrics import ApiMetrics, MetricsMiddleware
 from service.openapi import install_problem_schema
 from service.ratelimit import RateLimiter
 from service.redis_client import RedisDeadline, connect_redis
-from service.routes import a1111, health, image_tasks, jobs, models, openai_images, txt2img
+from service.routes import (
+    a1111,
+    health,
+    image_tasks,
+    jobs,
+    models,
+    openai_images,
+    playground,
+    txt2img,
+)
 from service.routes.image_tasks import IMAGE_TASK_PATHS
 from service.routes.openai_images import OPENAI_PATHS
 from service.settings import ApiSettings
@@ -68,6 +77,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(playground.router)
     # Outermost last: metrics see every response, including the 413s of the body limit; the
     # Redis deadline starts once the body is in (a slow upload is the read deadline's business).
     app.add_middleware(RedisDeadline, budget_s=settings.redis_deadline_s)
