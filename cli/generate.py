@@ -98,7 +98,8 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         c = components
         save_diffusers(dst, unet=c.unet, vae=c.vae, text_encoder=c.text_encoder,
-                       tokenizer=c.tokenizer, schedule=c.schedule, dtype=dtype)  # fmt: skip
+                       tokenizer=c.tokenizer, schedule=c.schedule, dtype=dtype,
+                       upscaler=c.upscaler)  # fmt: skip
     print(dst)
     return 0
 

@@ -145,7 +145,7 @@ def tiny_upscaler_unet_config() -> dict:
     """The SD x4 upscaler's UNet layout, tiny: 7 input channels (latent + low-res RGB), the noise
     level as a class embedding, cross-attention-only attention except at the lowest level."""
     return dict(
-        block_out_channels=(32, 32, 64),
+        block_out_channels=(32, 64, 64),
         layers_per_block=1,
         sample_size=16,
         in_channels=7,

@@ -6,6 +6,8 @@ weights, image, noise level and seeds give the same images, diffusers' order of 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -14,9 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
+from model.checkpoint.configs import infer_unet_config
+from model.checkpoint.files import read_state_dict
 from model.engine import BatchEngine, SampleSpec
 from model.pipeline import load_pipeline
 from testkit.tiny_models import build_tiny_upscaler
+from tests.conftest import REPO
 from tests.test_model_parity import assert_close, scheduler_for
 
 LOW_W, LOW_H, STEPS, GUIDANCE, PROMPT = 24, 16, 8, 5.0, "a red cat"
@@ -106,3 +111,25 @@ def test_upscaler_requests_are_checked(upscaler: Path) -> None:
     with pytest.raises(ValueError, match="needs a low-resolution image"):
         engine.add(SampleSpec(PROMPT, width=64, height=64))
     assert load_pipeline(upscaler).tasks == ("upscale",)
+
+
+def test_an_upscaler_converts_to_a_single_file_and_back(upscaler: Path, tmp_path: Path) -> None:
+    """`ldm-serve convert` both ways: the single file (CompVis keys: label_emb, attn1 reading the
+    context) gives the same images, and the folder written back is one diffusers loads."""
+    single = tmp_path / "x4.safetensors"
+    folder = tmp_path / "x4-again"
+    for source, destination in ((upscaler, single), (single, folder)):
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", "convert", str(source), str(destination),
+             "--dtype", "float32"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    unet = {k.removeprefix("model.diffusion_model."): v for k, v in read_state_dict(single).items()}
+    inferred = infer_unet_config(unet)  # the structure read off the CompVis keys alone
+    assert (inferred.in_channels, inferred.num_classes) == (7, 1000)
+    assert inferred.attention_levels == (False, True, True)
+    assert inferred.cross_attention_only == (False, True, False)  # level 0 has no attention
+    original = run(BatchEngine(load_pipeline(upscaler)), [spec("ddim", 5)])
+    assert np.array_equal(run(BatchEngine(load_pipeline(single)), [spec("ddim", 5)]), original)
+    assert_close(original, theirs(folder, "ddim", [5]))

@@ -162,8 +162,10 @@ def infer_unet_config(sd: dict[str, torch.Tensor], context_dim: int | None = Non
     cross_only = tuple(
         w is not None and w.shape[1] != mc * m for w, m in zip(attn1, mults, strict=True)
     )
-    # SD 1.x uses 8 heads everywhere; SD 2.x uses 64-channel heads.
-    heads = tuple(8 for _ in channels) if context == 768 else tuple(c // 64 for c in channels)
+    classes = sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else None
+    # SD 1.x and the x4 upscaler use 8 heads everywhere; SD 2.x uses 64-channel heads.
+    eight = context == 768 or classes is not None
+    heads = tuple(8 for _ in channels) if eight else tuple(c // 64 for c in channels)
     return UNetConfig(
         in_channels=sd["input_blocks.0.0.weight"].shape[1],
         out_channels=sd["out.2.weight"].shape[0],
@@ -174,9 +176,9 @@ def infer_unet_config(sd: dict[str, torch.Tensor], context_dim: int | None = Non
         num_heads=heads,
         context_dim=context,
         use_linear_projection=sd[proj].ndim == 2,
-        upcast_attention=context == 1024,
+        upcast_attention=context == 1024 and classes is None,  # SD 2.x, not the upscaler
         cross_attention_only=cross_only if any(cross_only) else (),
-        num_classes=sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else None,
+        num_classes=classes,
     )
 
 

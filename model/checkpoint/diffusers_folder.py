@@ -35,6 +35,12 @@ MODEL_INDEX = {
     "requires_safety_checker": False,
 }
 
+UPSCALER_INDEX = {
+    "_class_name": "StableDiffusionUpscalePipeline",
+    "low_res_scheduler": ["diffusers", "DDPMScheduler"],
+    "watermarker": [None, None],
+}
+
 
 def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
@@ -136,10 +142,21 @@ def save_diffusers(
     tokenizer: CLIPTokenizer,
     schedule: ScheduleConfig,
     dtype: torch.dtype = torch.float16,
+    upscaler: NoiseAugmentation | None = None,
 ) -> Path:
-    """Write a diffusers Stable Diffusion folder that both ldm-serve and diffusers load."""
+    """Write a diffusers Stable Diffusion folder (StableDiffusionUpscalePipeline's layout for an
+    upscaler) that both ldm-serve and diffusers load."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    index = dict(MODEL_INDEX)
+    if upscaler is not None:
+        index |= UPSCALER_INDEX | {"max_noise_level": upscaler.max_noise_level}
+        del index["requires_safety_checker"]  # not a StableDiffusionUpscalePipeline argument
+        (path / "low_res_scheduler").mkdir(exist_ok=True)
+        low_res = {"_class_name": "DDPMScheduler", **dataclasses.asdict(upscaler.schedule)}
+        (path / "low_res_scheduler" / "scheduler_config.json").write_text(
+            json.dumps(low_res, indent=2)
+        )
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
     parts = [
         (
             "unet",

@@ -18,6 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from model.autoencoder import AutoencoderConfig, AutoencoderKL
 from model.checkpoint import configs
+from model.checkpoint.diffusers_folder import load_noise_augmentation
 from model.checkpoint.files import (
     CheckpointError,
     load_strict,
@@ -27,6 +28,7 @@ from model.checkpoint.files import (
 )
 from model.checkpoint.open_clip import OPEN_CLIP_PREFIX, convert_open_clip, sd2_text_config
 from model.components import Components
+from model.noise_augmentation import NoiseAugmentation
 from model.sampling.schedule import ScheduleConfig
 from model.unet import UNet, UNetConfig
 
@@ -95,6 +97,11 @@ def save_single_file(
         "scheduler": dataclasses.asdict(c.schedule),
         "tokenizer": _tokenizer_files(c.tokenizer),
     }
+    if c.upscaler is not None:
+        meta["upscaler"] = {
+            "schedule": dataclasses.asdict(c.upscaler.schedule),
+            "max_noise_level": c.upscaler.max_noise_level,
+        }
     write_safetensors(tensors, path, {METADATA_KEY: meta})
     return path
 
@@ -106,12 +113,17 @@ def _as_tuples(d: dict[str, Any]) -> dict[str, Any]:
 def _configs_from(meta: dict[str, Any] | None, config_dir: Path | None) -> dict[str, Any]:
     """Whatever structure information the metadata or a diffusers folder provides."""
     if meta is not None:
+        upscaler = meta.get("upscaler")
         return {
             "unet": UNetConfig(**_as_tuples(meta["unet"])),
             "vae": AutoencoderConfig(**_as_tuples(meta["vae"])),
             "text": CLIPTextConfig(**meta["text_encoder"]),
             "schedule": ScheduleConfig.from_dict(meta["scheduler"]),
             "tokenizer": _tokenizer_from_files(meta["tokenizer"]),
+            "upscaler": upscaler
+            and NoiseAugmentation(
+                ScheduleConfig.from_dict(upscaler["schedule"]), upscaler["max_noise_level"]
+            ),
         }
     if config_dir is not None:
 
@@ -124,6 +136,7 @@ def _configs_from(meta: dict[str, Any] | None, config_dir: Path | None) -> dict[
             "text": CLIPTextConfig.from_pretrained(config_dir / "text_encoder"),
             "schedule": ScheduleConfig.from_dict(read("scheduler", "scheduler_config.json")),
             "tokenizer": CLIPTokenizer.from_pretrained(config_dir / "tokenizer"),
+            "upscaler": load_noise_augmentation(config_dir),
         }
     return {}
 
@@ -157,11 +170,18 @@ def load_single_file(path: Path, config_dir: Path | None = None) -> Components:
             f"{path.name} carries no tokenizer: pass a diffusers folder of the same model family "
             "as the config directory (--config), as diffusers' from_single_file(config=...) does"
         )
+    upscaler = given.get("upscaler")
+    if upscaler is None and unet_config.num_classes is not None:  # x4-upscaling.yaml's values
+        upscaler = NoiseAugmentation(ScheduleConfig(beta_start=0.0001, beta_end=0.02))
+        vae_config = dataclasses.replace(vae_config, scaling_factor=0.08333)
     default_prediction = "v_prediction" if open_clip else "epsilon"
-    schedule = given.get("schedule") or ScheduleConfig(prediction_type=default_prediction)
+    default_schedule = ScheduleConfig(prediction_type=default_prediction)
+    if upscaler is not None:  # linear_start 0.0001, linear_end 0.02 in x4-upscaling.yaml
+        default_schedule = dataclasses.replace(default_schedule, beta_start=0.0001, beta_end=0.02)
+    schedule = given.get("schedule") or default_schedule
     unet, vae = UNet(unet_config), AutoencoderKL(vae_config)
     text_encoder = CLIPTextModel(text_config)
     load_strict(unet, unet_sd, "unet")
     load_strict(vae, vae_sd, "vae")
     load_strict(text_encoder, _for_module(text_encoder, text_sd), "text_encoder")
-    return Components(unet, vae, text_encoder.eval(), given["tokenizer"], schedule)
+    return Components(unet, vae, text_encoder.eval(), given["tokenizer"], schedule, upscaler)
