@@ -161,9 +161,16 @@ def tiny_upscaler_unet_config() -> dict:
     )
 
 
-def build_tiny_upscaler(path: Path, seed: int = 0, unet: dict | None = None) -> Path:
+def build_tiny_upscaler(
+    path: Path,
+    seed: int = 0,
+    unet: dict | None = None,
+    vae: dict | None = None,
+    text: dict | None = None,
+) -> Path:
     """Write a random StableDiffusionUpscalePipeline folder (f=4 VAE, v-prediction DDIM, a DDPM
-    low-res scheduler, max_noise_level 350) and return its path."""
+    low-res scheduler, max_noise_level 350) and return its path; `unet`, `vae` and `text`
+    override the tiny configs (bench/upscale.py builds a mid-size one)."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -174,16 +181,21 @@ def build_tiny_upscaler(path: Path, seed: int = 0, unet: dict | None = None) -> 
 
     torch.manual_seed(seed)
     unet_model = UNet2DConditionModel(**(unet or tiny_upscaler_unet_config()))
-    vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32),
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        norm_num_groups=8,
-        layers_per_block=1,
-        scaling_factor=0.08333,
+    vae_model = AutoencoderKL(
+        **(
+            vae
+            or dict(
+                block_out_channels=(16, 16, 32),
+                latent_channels=4,
+                down_block_types=("DownEncoderBlock2D",) * 3,
+                up_block_types=("UpDecoderBlock2D",) * 3,
+                norm_num_groups=8,
+                layers_per_block=1,
+                scaling_factor=0.08333,
+            )
+        )
     )
-    tokenizer, text_encoder = tiny_text_encoder(path)
+    tokenizer, text_encoder = tiny_text_encoder(path, text)
     scheduler = DDIMScheduler(
         beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
@@ -191,7 +203,7 @@ def build_tiny_upscaler(path: Path, seed: int = 0, unet: dict | None = None) -> 
     )  # fmt: skip
     low_res = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
     pipe = StableDiffusionUpscalePipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet_model,
+        vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet_model,
         low_res_scheduler=low_res, scheduler=scheduler, max_noise_level=350,
     )  # fmt: skip
     pipe.save_pretrained(str(path), safe_serialization=True)
