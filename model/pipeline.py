@@ -169,7 +169,9 @@ class Pipeline:
         z_in = pad_rows(z, bucket_rows(len(z)) if self.compiled else max(len(z), 2))
         if max(z.shape[-2:]) > self.tile_latents:
             f = self.downsampling_factor
-            return decode_tiled(self.decode_call, z_in, f, self.tile_latents)[: len(z)]
+            tile = self.tile_latents
+            overlap = min(16, tile // 4)  # 16 latent pixels at the default 96
+            return decode_tiled(self.decode_call, z_in, f, tile, overlap)[: len(z)]
         return self.decode_call(z_in)[: len(z)]
 
 
