@@ -1,7 +1,10 @@
-"""Optional API keys: `Authorization: Bearer <key>`, compared in constant time."""
+"""Optional API keys: `Authorization: Bearer <key>`, compared in constant time; HTTP Basic with
+the key as the password (any user name) too, for AUTOMATIC1111 clients (`--api-auth`)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -58,6 +61,18 @@ async def get_keyring(request: Request) -> KeyRing:
     return request.app.state.keyring
 
 
+def basic_password(request: Request) -> str | None:
+    """The password of an `Authorization: Basic` header (A1111's `--api-auth user:pass`)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        _, colon, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password if colon else None
+
+
 async def require_owner(
     request: Request,
     ring: Annotated[KeyRing, Depends(get_keyring)],
@@ -66,9 +81,10 @@ async def require_owner(
     """Owner id of the caller; 401 problem when keys are configured and none/a wrong one is sent."""
     if not ring.enabled:
         return ANONYMOUS
-    if credentials is None:
+    presented = credentials.credentials if credentials is not None else basic_password(request)
+    if presented is None:
         raise _unauthorized("missing Authorization: Bearer <api key> header", "")
-    owner = ring.owner_of(credentials.credentials)
+    owner = ring.owner_of(presented)
     if owner is None:
         logger.info("rejected an invalid API key on %s %s", request.method, request.url.path)
         raise _unauthorized("invalid API key", "invalid_token")

@@ -42,7 +42,7 @@ def stack(
 @pytest.fixture()
 def api(stack: ApiServer) -> webuiapi.WebUIApi:
     client = webuiapi.WebUIApi(baseurl=f"{stack.url}/sdapi/v1")
-    client.session.headers["Authorization"] = f"Bearer {KEY_A}"  # A1111 would use --api-auth
+    client.set_auth("ldm", KEY_A)  # HTTP Basic, as for A1111's --api-auth: the key as password
     return client
 
 
@@ -127,6 +127,7 @@ def test_models_samplers_and_options(api: webuiapi.WebUIApi) -> None:
     assert names["DDIM"] == ["ddim"] and names["Euler a"] == ["euler_a"]
     assert names["DPM++ 2M Karras"] == ["dpmpp_2m karras"]
     assert api.get_options()["sd_model_checkpoint"] == "default"
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}  # what set_auth probes
     api.set_options({"sd_model_checkpoint": "default"})
     refused = api.session.post(f"{api.baseurl}/options", json={"sd_model_checkpoint": "nope"})
     assert refused.status_code == 422 and "sd_model_checkpoint" in json.dumps(refused.json())

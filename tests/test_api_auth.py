@@ -41,6 +41,20 @@ def test_v1_routes_need_a_valid_key(
     assert store.queue("default").count == 0
 
 
+def test_basic_auth_takes_the_key_as_password(api: ApiServer, store: JobStore) -> None:
+    """A1111 clients authenticate with HTTP Basic (`--api-auth`): any user, the key as password."""
+    import base64
+
+    def basic(credentials: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+    with api.client(None) as client:
+        assert client.get("/v1/models", headers=basic(f"anyone:{KEY_A}")).status_code == 200
+        for bad in (f"{KEY_A}:", "anyone:wrong", KEY_A, f"anyone:{KEY_A}x"):
+            assert client.get("/v1/models", headers=basic(bad)).status_code == 401, bad
+        assert client.get("/v1/models", headers={"Authorization": "Basic %%%"}).status_code == 401
+
+
 def test_operational_routes_are_open(api: ApiServer, store: JobStore) -> None:
     with api.client(None) as client:
         assert client.get("/healthz").status_code == 200

@@ -204,6 +204,10 @@ def add_status_routes(router: APIRouter, settings: ApiSettings) -> None:
         return [{"name": name, "aliases": [ours], "options": {}}
                 for name, ours in sorted(store.sampler_names().items())]  # fmt: skip
 
+    @router.get("/scripts", summary="Installed scripts: none (clients probe for extensions)")
+    def scripts(owner: RateLimitedOwner) -> dict[str, list[str]]:
+        return {"txt2img": [], "img2img": []}
+
     @router.get("/options", summary="The caller's A1111 options (sd_model_checkpoint)")
     def get_options(owner: RateLimitedOwner, store: Store) -> dict[str, Any]:
         chosen = store.redis.get(keys.a1111_model(owner))
