@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import BertTokenizer, CLIPTextModel, CLIPTokenizer
 
 from model.autoencoder import AutoencoderKL
+from model.ldm_bert import LDMBert
 from model.noise_augmentation import NoiseAugmentation
 from model.sampling.schedule import ScheduleConfig
 from model.unet import UNet
@@ -16,12 +17,13 @@ from model.unet import UNet
 @dataclass
 class Components:
     """UNet, autoencoder, text encoder, tokenizer and the training noise schedule; upscalers
-    (a low-res image concatenated to the latent) also have the low-res input's augmentation."""
+    (a low-res image concatenated to the latent) also have the low-res input's augmentation.
+    The text encoder is CLIP's (Stable Diffusion) or LDMBert (the paper's LDM-KL-8-G)."""
 
     unet: UNet
     vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel | LDMBert
+    tokenizer: CLIPTokenizer | BertTokenizer
     schedule: ScheduleConfig
     upscaler: NoiseAugmentation | None = None
 

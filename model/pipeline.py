@@ -16,6 +16,7 @@ from model.compiled import bucket_rows, compile_call, pad_rows
 from model.components import Components
 from model.conditioning import TextConditioner
 from model.errors import NonFiniteOutput
+from model.ldm_bert import BertConditioner, LDMBert
 from model.noise_augmentation import NoiseAugmentation
 from model.vae_tiling import decode_tiled
 
@@ -40,7 +41,7 @@ class Pipeline:
         if self.device.type == "cpu":  # oneDNN's blocked conv kernels: measured faster on CPU
             components.unet.to(memory_format=torch.channels_last)
             components.vae.to(memory_format=torch.channels_last)
-        self.conditioner = TextConditioner(components.tokenizer, components.text_encoder, clip_skip)
+        self.conditioner = text_conditioner(components, clip_skip)
         self.tile_latents = 96  # decode larger latents (> 768 px at f=8) in tiles to bound memory
         # Decode this many images at a time: the fp32 VAE's activations dominate peak memory (an
         # H100 run of 4 SD images peaked 2.4x above diffusers' before; docs/benchmarks.md).
@@ -173,6 +174,15 @@ class Pipeline:
             overlap = min(16, tile // 4)  # 16 latent pixels at the default 96
             return decode_tiled(self.decode_call, z_in, f, tile, overlap)[: len(z)]
         return self.decode_call(z_in)[: len(z)]
+
+
+def text_conditioner(components: Components, clip_skip: int) -> TextConditioner | BertConditioner:
+    """CLIP's conditioner (Stable Diffusion) or LDMBert's (the paper's text-to-image model)."""
+    if isinstance(components.text_encoder, LDMBert):
+        if clip_skip != 1:
+            raise ValueError("clip_skip applies to CLIP text encoders only")
+        return BertConditioner(components.tokenizer, components.text_encoder)
+    return TextConditioner(components.tokenizer, components.text_encoder, clip_skip)
 
 
 def load_pipeline(
