@@ -64,7 +64,7 @@ def ours(path: Path, sampler: str, seeds: list[int], prompt: str = PROMPT) -> np
     return np.stack([np.asarray(image) for image in images])
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["ddim", pytest.param("dpmpp_2m", marks=pytest.mark.slow)])
 def test_ldm_text2img_matches_diffusers(ldm: Path, sampler: str) -> None:
     assert_close(ours(ldm, sampler, [3, 4]), theirs(ldm, sampler, [3, 4]))
 

@@ -77,7 +77,13 @@ def run(engine: BatchEngine, specs: list[SampleSpec]) -> np.ndarray:
     return np.stack([np.asarray(image) for image in engine.decode(samples)])
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_a", "dpmpp_2m"])
+SLOW = pytest.mark.slow  # the fast tier keeps one sampler
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    ["ddim", *(pytest.param(s, marks=SLOW) for s in ("euler", "euler_a", "dpmpp_2m"))],
+)
 def test_upscaling_matches_diffusers(upscaler: Path, sampler: str) -> None:
     seeds = [5, 6]
     ours = run(BatchEngine(load_pipeline(upscaler)), [spec(sampler, seed) for seed in seeds])
@@ -85,6 +91,7 @@ def test_upscaling_matches_diffusers(upscaler: Path, sampler: str) -> None:
     assert_close(ours, theirs(upscaler, sampler, seeds))
 
 
+@SLOW
 def test_the_noise_level_conditions_the_model_as_diffusers(upscaler: Path) -> None:
     """A higher level changes the image (the class label and the augmentation both matter)."""
     engine = BatchEngine(load_pipeline(upscaler))
@@ -113,6 +120,7 @@ def test_upscaler_requests_are_checked(upscaler: Path) -> None:
     assert load_pipeline(upscaler).tasks == ("upscale",)
 
 
+@SLOW
 def test_an_upscaler_converts_to_a_single_file_and_back(upscaler: Path, tmp_path: Path) -> None:
     """`ldm-serve convert` both ways: the single file (CompVis keys: label_emb, attn1 reading the
     context) gives the same images, and the folder written back is one diffusers loads."""
