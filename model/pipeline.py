@@ -195,10 +195,11 @@ def load_pipeline(
     """Load a diffusers folder or a single .safetensors/.ckpt file onto a device."""
     from model.checkpoint.diffusers_folder import is_diffusers_folder, load_diffusers
     from model.checkpoint.files import CheckpointError
+    from model.checkpoint.ldm_folders import load_ldm_folder
 
     path = Path(path)
     if is_diffusers_folder(path):
-        components = load_diffusers(path)
+        components = load_ldm_folder(path) or load_diffusers(path)
     elif path.is_file():
         from model.checkpoint.single_file import load_single_file
 

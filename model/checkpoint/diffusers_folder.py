@@ -10,7 +10,7 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from model.autoencoder import AutoencoderKL
-from model.checkpoint import configs, keymap, ldm_folders
+from model.checkpoint import configs, keymap
 from model.checkpoint.files import CheckpointError, read_state_dict, write_safetensors
 from model.components import Components
 from model.noise_augmentation import NoiseAugmentation
@@ -44,6 +44,11 @@ UPSCALER_INDEX = {
 
 def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def pipeline_class(path: Path) -> str | None:
+    """The folder's `_class_name` (StableDiffusionPipeline, LDMTextToImagePipeline, ...)."""
+    return _read_json(path / "model_index.json").get("_class_name")
 
 
 def _read_json(path: Path) -> dict:
@@ -103,9 +108,6 @@ def load_diffusers(path: Path) -> Components:
     """All components of a diffusers Stable Diffusion folder, on the CPU in fp32."""
     if not is_diffusers_folder(path):
         raise CheckpointError(f"{path} is not a diffusers folder (no model_index.json)")
-    kind = _read_json(path / "model_index.json").get("_class_name")
-    if kind == ldm_folders.TEXT_TO_IMAGE:
-        return ldm_folders.load_text_to_image(path)
     try:
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)

@@ -8,12 +8,20 @@ from pathlib import Path
 
 from transformers import BertTokenizer
 
+from model.checkpoint.diffusers_folder import load_unet, load_vae, pipeline_class
 from model.checkpoint.files import CheckpointError, load_strict, read_state_dict
 from model.components import Components
 from model.ldm_bert import LDMBert, LDMBertConfig
 from model.sampling.schedule import ScheduleConfig
 
 TEXT_TO_IMAGE = "LDMTextToImagePipeline"
+
+
+def load_ldm_folder(path: Path) -> Components | None:
+    """The components of a folder of one of the paper's pipelines, None for other folders."""
+    return load_text_to_image(path) if pipeline_class(path) == TEXT_TO_IMAGE else None
+
+
 BERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -30,8 +38,6 @@ def load_ldm_bert(folder: Path) -> LDMBert:
 
 def load_text_to_image(path: Path) -> Components:
     """LDM-KL-8-G from an LDMTextToImagePipeline folder, on the CPU in fp32."""
-    from model.checkpoint.diffusers_folder import load_unet, load_vae
-
     try:
         tokenizer = BertTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     except (OSError, ValueError) as error:
