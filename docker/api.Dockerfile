@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The HTTP API: FastAPI + rq client, no torch, no CUDA (a ~150 MB image).
 #   docker build -f docker/api.Dockerfile -t ldm-serve-api .
 FROM python:3.11-slim
@@ -8,7 +7,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin ldm
+RUN groupadd --system --gid 10001 ldm \
+    && useradd --system --uid 10001 --gid ldm --home-dir /app --shell /usr/sbin/nologin ldm
 WORKDIR /app
 
 # Only the packages the API process imports; model/ and workers/ stay out of this image.
@@ -16,9 +16,13 @@ COPY pyproject.toml README.md ./
 COPY cli ./cli
 COPY jobs ./jobs
 COPY service ./service
+COPY webhooks ./webhooks
+# Installs this repository (a local path, not a package name): pyproject.toml bounds its deps.
+# hadolint ignore=DL3013
 RUN pip install --no-compile '.[api]' && rm -rf /root/.cache
 
-USER ldm
+# Numeric (= ldm): Kubernetes' runAsNonRoot can only verify a numeric user.
+USER 10001:10001
 ENV LDM_API_HOST=0.0.0.0 \
     LDM_API_PORT=8000
 EXPOSE 8000

