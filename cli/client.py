@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,27 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
+
+
+class ApiUnreachable(ConnectionError):
+    """No HTTP answer from the API's URL at all (refused, unknown host, timed out)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        super().__init__(f"cannot connect to {url}: {describe(reason)}")
+        self.url = url
+
+
+def describe(reason: object) -> str:
+    """A connection failure in words ("connection refused"), not an errno tuple."""
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, socket.gaierror):
+        return "unknown host"
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[:1].lower() + reason.strerror[1:]
+    return str(reason)
 
 
 class JobFailed(RuntimeError):
@@ -61,6 +83,10 @@ class Client:
             except (ValueError, AttributeError):
                 detail = payload.decode(errors="replace")
             raise ApiError(exc.code, str(detail)) from None
+        except urllib.error.URLError as exc:
+            raise ApiUnreachable(self.url, exc.reason) from None
+        except (ConnectionError, TimeoutError) as exc:  # reset or timed out after connecting
+            raise ApiUnreachable(self.url, exc) from None
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None,
               headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip

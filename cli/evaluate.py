@@ -39,17 +39,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser = commands.add_parser("eval", help="evaluate a model")
     kinds = parser.add_subparsers(dest="kind", required=True)
     shapes = kinds.add_parser("shapes", help="prompt adherence on held-out shapes prompts")
-    shapes.add_argument("--model", type=Path, default=Path("models/default"))
+    shapes.add_argument(
+        "--model", type=Path, default=Path("models/default"), help="diffusers folder"
+    )
     shapes.add_argument("--count", type=int, default=300, help="held-out prompts (max 300)")
-    shapes.add_argument("--steps", type=int, default=25)
+    shapes.add_argument("--steps", type=int, default=25, help="denoising steps")
     shapes.add_argument(
         "--guidance-scale",
         type=float,
         default=None,
-        help="default: evaluate.GUIDANCE_SCALE (3.0, chosen on validation prompts)",
+        help="classifier-free guidance (default: evaluate.GUIDANCE_SCALE, 3.0)",
     )
-    shapes.add_argument("--batch-size", type=int, default=16)
-    shapes.add_argument("--threads", type=int, default=2)
+    shapes.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    shapes.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     shapes.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
     shapes.add_argument("--json", type=Path, default=None, help="write the report here")
     shapes.add_argument("--speed", action="store_true", help="time 1 image and batch 16 instead")

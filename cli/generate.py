@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from jobs.schema import Sampler, Txt2ImgRequest
+from jobs.schema import DEFAULT_LIMITS, Sampler, Task, Txt2ImgRequest, request_model
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 # The shipped model's own request defaults (models/default/README.md): trained at 64x64, tuned at
@@ -16,6 +18,10 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 DEFAULT_MODEL_SIZE = 64
 DEFAULT_MODEL_GUIDANCE = 3.0
 DEFAULT_SAMPLER = Txt2ImgRequest.model_fields["sampler"].default
+# The API's per-field bounds (jobs/schema.py), down to the smallest size LDM_MIN_SIZE may allow,
+# without its pixel and cost caps: those share a server's time, and here the caller waits alone.
+LIMITS = replace(DEFAULT_LIMITS, min_size=8, max_pixels=DEFAULT_LIMITS.max_size**2, max_cost=2**62)
+OPTIONS = {"guidance_scale": "--guidance"}  # request fields whose option is not --field-name
 
 
 def default_model() -> str:
@@ -38,6 +44,8 @@ def run_generate(args: argparse.Namespace) -> int:
         persist_cache(Path.home() / ".cache" / "ldm-serve" / "inductor")
         pipe.compile()
     loaded = time.perf_counter()
+    for warning in advice(args, pipe.components.tokenizer):
+        print(f"warning: {warning}", file=sys.stderr)
     n = args.num_images
     specs = specs_for(
         [args.prompt] * n, [args.negative_prompt] * n, [args.seed + i for i in range(n)],
@@ -54,6 +62,54 @@ def run_generate(args: argparse.Namespace) -> int:
         print(path)
     print(f"loaded in {loaded - started:.2f}s, generated {n} image(s) in {done - loaded:.2f}s")
     return 0
+
+
+def advice(args: argparse.Namespace, tokenizer: object) -> list[str]:
+    """What the API would warn about this request (jobs/model_profile.py), for this model."""
+    from jobs.model_profile import ModelProfile
+    from model.vocabulary import known_words
+
+    native = DEFAULT_MODEL_SIZE if is_shipped(args.model) else 512
+    task = Task.inpaint if args.mask else Task.img2img if args.init_image else Task.txt2img
+    profile = ModelProfile(native, known_words(tokenizer))  # type: ignore[arg-type]
+    found = profile.advise(args.prompt, args.negative_prompt, args.width, args.height, task)
+    return [warning.message for warning in found]
+
+
+def invalid_options(args: argparse.Namespace) -> str | None:
+    """The options outside the API's bounds, in the words of its 422s; None when all fit."""
+    from pydantic import ValidationError
+
+    fields = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale",
+              "num_images", "seed", "eta")  # fmt: skip
+    values = {name: getattr(args, "guidance" if name == "guidance_scale" else name)
+              for name in fields}  # fmt: skip
+    try:
+        request_model(LIMITS)(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "prompt"
+            option = OPTIONS.get(name, "--" + name.replace("_", "-"))
+            shown = "" if isinstance(error["input"], str | dict) else f" {error['input']}"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{option}{shown}: {message}")
+        return "; ".join(problems)
+    return None
+
+
+def missing_files(args: argparse.Namespace) -> str | None:
+    """The first of --init-image and --mask that names nothing on disk (read before the model
+    loads, which checks --model)."""
+    for option, value in (("--init-image", args.init_image), ("--mask", args.mask)):
+        if value is not None and not Path(value).exists():
+            return f"{option} {value}: no such file or directory"
+    return None
+
+
+def is_shipped(model: str) -> bool:
+    """Whether `model` is the shipped default model."""
+    return Path(model).resolve() == DEFAULT_MODEL.resolve()
 
 
 def image_inputs(args: argparse.Namespace) -> dict[str, object]:
@@ -107,25 +163,37 @@ def run_convert(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gen = commands.add_parser("generate", help="generate images locally from a prompt")
     gen.add_argument("--model", default=default_model(), help="diffusers folder or single file")
-    gen.add_argument("--config", default=None, help="diffusers folder with configs/tokenizer")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=25)
     gen.add_argument(
-        "--guidance", type=float, default=None, help="default: 3 for the shipped model, else 7.5"
+        "--config", default=None, help="diffusers folder with configs/tokenizer (single files)"
     )
-    gen.add_argument("--sampler", choices=[s.value for s in Sampler], default=DEFAULT_SAMPLER)
+    gen.add_argument("--prompt", required=True, help="what to draw")
+    gen.add_argument("--negative-prompt", default="", help="what not to draw")
+    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    gen.add_argument("--steps", type=int, default=25, help="denoising steps")
+    gen.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: 3 for the shipped model, else 7.5)",
+    )
+    gen.add_argument(
+        "--sampler", choices=[s.value for s in Sampler], default=DEFAULT_SAMPLER, help="sampler"
+    )
     gen.add_argument("--karras", action="store_true", help="Karras et al. (2022) sigmas")
     gen.add_argument(
         "--eta", type=float, default=None, help="noise scale (ddim: 0, euler_a: 1 by default)"
     )
-    gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--num-images", type=int, default=1)
-    gen.add_argument("--clip-skip", type=int, default=1)
+    size = "multiple of 8 (default: the init image's, else 64 for the shipped model, else 512)"
+    gen.add_argument("--width", type=int, default=None, help=size)
+    gen.add_argument("--height", type=int, default=None, help=size)
+    gen.add_argument("--num-images", type=int, default=1, help="images to generate")
+    gen.add_argument(
+        "--clip-skip", type=int, default=1, help="text encoder layer from the end (A1111's)"
+    )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    gen.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    gen.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="precision"
+    )
     gen.add_argument(
         "--init-image",
         default=None,
@@ -146,7 +214,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--strength",
         type=float,
         default=None,
-        help="how much of the schedule to run from the init image (0.75; 1 inpaint)",
+        help="how much of the schedule to run from the init image "
+        "(default: 0.75 img2img, 1 inpainting)",
     )
     gen.add_argument(
         "--compile",
@@ -160,13 +229,20 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     conv.add_argument("source", help="diffusers folder or .safetensors/.ckpt file")
     conv.add_argument("destination", help="FILE.safetensors or a folder")
     conv.add_argument("--config", default=None, help="diffusers folder with configs/tokenizer")
-    conv.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    conv.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="weights' precision"
+    )
     conv.set_defaults(handler=run_convert)
 
 
 def _with_model_defaults(args: argparse.Namespace) -> int:
-    """Default size and guidance: the shipped model's own (64, 3), else the service's (512, 7.5)."""
-    shipped = Path(args.model).resolve() == DEFAULT_MODEL.resolve()
+    """Default size and guidance: the shipped model's own (64, 3), else the service's (512, 7.5);
+    options outside the API's bounds: one line on stderr and exit code 2, like argparse's."""
+    missing = missing_files(args)
+    if missing:
+        print(f"ldm-serve generate: error: {missing}", file=sys.stderr)
+        return 2
+    shipped = is_shipped(args.model)
     size = DEFAULT_MODEL_SIZE if shipped else 512
     if args.init_image is not None:  # the init image's size unless given
         from jobs.images import decode, job_size
@@ -177,4 +253,8 @@ def _with_model_defaults(args: argparse.Namespace) -> int:
     args.height = args.height or size
     if args.guidance is None:
         args.guidance = DEFAULT_MODEL_GUIDANCE if shipped else 7.5
+    problems = invalid_options(args)
+    if problems:
+        print(f"ldm-serve generate: error: {problems}", file=sys.stderr)
+        return 2
     return run_generate(args)

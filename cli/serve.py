@@ -9,36 +9,57 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cli import up
+from cli.up import LOOPBACK, up_env  # noqa: F401  (up_env: tests/test_api_defaults.py imports it here)
 from jobs.schema import Sampler
 
 if TYPE_CHECKING:
-    import subprocess
-    from collections.abc import Mapping
+    from cli.client import Client
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the serving subcommands."""
-    api = commands.add_parser("api", help="run the HTTP API (uvicorn, no torch)")
-    api.add_argument("--host", default=os.environ.get("LDM_API_HOST", "0.0.0.0"))
-    api.add_argument("--port", type=int, default=int(os.environ.get("LDM_API_PORT", "8000")))
-    api.add_argument("--log-level", default="info")
+    """Add the serving subcommands (`up` lives in cli/up.py)."""
+    api = commands.add_parser("api", help="run the HTTP API (uvicorn; no torch)")
+    api.add_argument(
+        "--host",
+        default=os.environ.get("LDM_API_HOST", LOOPBACK),
+        help="address to listen on; 0.0.0.0 opens the API to every interface "
+        "(default: $LDM_API_HOST, else 127.0.0.1)",
+    )
+    api.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("LDM_API_PORT", "8000")),
+        help="port to listen on (default: $LDM_API_PORT, else 8000)",
+    )
+    api.add_argument("--log-level", default="info", help="uvicorn's log level")
     api.set_defaults(handler=run_api)
 
-    worker = commands.add_parser("worker", help="run one continuously batching worker")
-    worker.add_argument("--model", help="model path (default: LDM_MODEL)")
-    worker.add_argument("--model-name", help="served model name and queue (LDM_MODEL_NAME)")
-    worker.add_argument("--max-batch", type=int, help="samples per UNet step (LDM_MAX_BATCH)")
-    worker.add_argument("--device", choices=["auto", "cpu", "cuda"], help="LDM_DEVICE")
+    worker = commands.add_parser(
+        "worker", help="run a queue worker: loads the model once, batches jobs continuously"
+    )
+    worker.add_argument(
+        "--model", help="diffusers folder or single file (default: $LDM_MODEL, else models/default)"
+    )
+    worker.add_argument(
+        "--model-name",
+        help="name clients send, and the queue it serves (default: $LDM_MODEL_NAME, else default)",
+    )
+    worker.add_argument(
+        "--max-batch", type=int, help="samples per UNet step (default: $LDM_MAX_BATCH, else 8)"
+    )
+    worker.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: $LDM_DEVICE, else auto: cuda when there is one)",
+    )
     worker.set_defaults(handler=run_worker)
 
-    up = commands.add_parser("up", help="Redis (if needed) + API + one worker, in the foreground")
-    up.add_argument("--data-dir", type=Path, default=Path(".ldm-serve"), help="Redis AOF dir")
-    up.add_argument("--port", type=int, default=int(os.environ.get("LDM_API_PORT", "8000")))
-    up.set_defaults(handler=run_up)
+    up.register(commands)
 
-    client = commands.add_parser("client", help="talk to a running API")
+    client = commands.add_parser("client", help="submit a job to a running API, save its images")
     actions = client.add_subparsers(dest="action", required=True, metavar="ACTION")
     for task, help_text in (
         ("txt2img", "generate images and save them"),
@@ -46,38 +67,80 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("inpaint", "repaint the --mask's white area of --init-image and save the results"),
         ("upscale", "upscale --image x4 (a served upscaler model) and save the results"),
     ):
-        action = actions.add_parser(task, help=help_text)
-        action.add_argument("prompt", nargs="?" if task == "upscale" else None, default="")
-        action.add_argument("-o", "--output", type=Path, default=Path("out.png"))
-        action.add_argument("--url", default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"))
-        action.add_argument("--api-key", default=os.environ.get("LDM_API_KEY"))
-        action.add_argument("--negative-prompt")
-        action.add_argument("--width", type=int)
-        action.add_argument("--height", type=int)
-        action.add_argument("--steps", type=int)
-        action.add_argument("--guidance-scale", type=float)
-        action.add_argument("--sampler", choices=[s.value for s in Sampler])
-        action.add_argument("--seed", type=int)
-        action.add_argument("--num-images", type=int)
-        action.add_argument("--timeout", type=float, default=600.0)
-        if task == "upscale":
-            action.add_argument("--image", type=Path, required=True, help="the low-res image")
-            action.add_argument("--noise-level", type=int, help="0-350 (default 20)")
-        elif task != "txt2img":
-            action.add_argument("--init-image", type=Path, required=True)
-            action.add_argument("--strength", type=float, help="0.75 img2img, 1 inpaint")
-        if task == "inpaint":
-            action.add_argument("--mask", type=Path, required=True, help="white = repaint")
-            action.add_argument("--no-keep-unmasked", dest="keep_unmasked", action="store_false",
-                                help="the decoded image everywhere (diffusers), not the init "
-                                "image's pixels outside the mask")  # fmt: skip
+        action = actions.add_parser(task, help=help_text, description=help_text)
+        add_client_options(action, task)
         action.set_defaults(handler=run_client, task=task)
+
+
+def add_client_options(action: argparse.ArgumentParser, task: str) -> None:
+    """The options of one `client` task; unset ones take the server's defaults."""
+    server = " (default: the server's)"
+    if task == "upscale":
+        action.add_argument(
+            "prompt", nargs="?", default="", help="what the image shows (default: empty)"
+        )
+    else:
+        action.add_argument("prompt", help="what to draw")
+    action.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("out.png"),
+        help="image file; more images go to OUTPUT-1, OUTPUT-2, ...",
+    )
+    action.add_argument(
+        "--url",
+        default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"),
+        help="the API (default: $LDM_URL, else http://127.0.0.1:8000)",
+    )
+    action.add_argument(
+        "--api-key",
+        default=os.environ.get("LDM_API_KEY"),
+        help="sent as a Bearer token (default: $LDM_API_KEY)",
+    )
+    action.add_argument("--negative-prompt", help="what not to draw" + server)
+    action.add_argument("--width", type=int, help="multiple of 8" + server)
+    action.add_argument("--height", type=int, help="multiple of 8" + server)
+    action.add_argument("--steps", type=int, help="denoising steps" + server)
+    action.add_argument("--guidance-scale", type=float, help="classifier-free guidance" + server)
+    action.add_argument("--sampler", choices=[s.value for s in Sampler], help="sampler" + server)
+    action.add_argument("--seed", type=int, help="image i uses seed + i (default: random)")
+    action.add_argument("--num-images", type=int, help="images per request" + server)
+    action.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job")
+    if task == "upscale":
+        action.add_argument("--image", type=Path, required=True, help="the low-res image")
+        action.add_argument("--noise-level", type=int, help="0-350 (default: 20)")
+    elif task != "txt2img":
+        action.add_argument(
+            "--init-image", type=Path, required=True, help="the image to start from"
+        )
+        action.add_argument(
+            "--strength",
+            type=float,
+            help="share of the schedule run (default: 0.75 img2img, 1 inpaint)",
+        )
+    if task == "inpaint":
+        action.add_argument("--mask", type=Path, required=True, help="white = repaint")
+        action.add_argument(
+            "--no-keep-unmasked",
+            dest="keep_unmasked",
+            action="store_false",
+            help="the decoded image everywhere (diffusers), not the init "
+            "image's pixels outside the mask",
+        )
 
 
 def run_api(args: argparse.Namespace) -> int:
     """uvicorn on service.main:app, with h11 and a request read deadline (service/protocol.py)."""
     import uvicorn
 
+    if not is_loopback(args.host) and not api_keys_set():
+        print(
+            f"ldm-serve api: WARNING: listening on {up.url_of(args.host, args.port)}, beyond "
+            "this machine, with no API keys (LDM_API_KEYS): anyone who can reach it can run "
+            "jobs; set LDM_API_KEYS or use --host 127.0.0.1",
+            file=sys.stderr,
+        )
     uvicorn.run(
         "service.main:app",
         host=args.host,
@@ -86,6 +149,24 @@ def run_api(args: argparse.Namespace) -> int:
         http="service.protocol:ReadDeadlineH11Protocol",
     )
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine alone: localhost or an address in 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may well resolve beyond loopback
+        return False
+
+
+def api_keys_set() -> bool:
+    """Whether LDM_API_KEYS names at least one key (service/settings.py ApiSettings.keys)."""
+    keys = next((v for k, v in os.environ.items() if k.upper() == "LDM_API_KEYS"), "")
+    return any(key.strip() for key in keys.split(","))
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -109,118 +190,34 @@ def run_worker(args: argparse.Namespace) -> int:
     return serve_queue(settings)
 
 
-def run_up(args: argparse.Namespace) -> int:
-    """The README's one-command local run: Redis if needed, the API and one CPU worker."""
-    import logging
-    import signal
-    import subprocess
-    import time
-
-    logging.basicConfig(level="INFO", format="%(asctime)s up %(message)s")
-    log = logging.getLogger("ldm-serve.up")
-    env = up_env(os.environ)
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    if not _redis_reachable(env["REDIS_URL"]):
-        redis = _start_redis(env["REDIS_URL"], args.data_dir / "redis")
-        if redis is None:
-            return 1
-        children.append(("redis", redis))
-    cli = [sys.executable, "-m", "cli.main"]
-    for name, argv in (
-        ("api", [*cli, "api", "--port", str(args.port)]),
-        ("worker", [*cli, "worker"]),
-    ):
-        children.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))
-    log.info("API on http://127.0.0.1:%d (docs at /docs); Ctrl-C stops everything", args.port)
-    stop: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
-    code = 0
-    while not stop:
-        dead = [(name, proc) for name, proc in children if proc.poll() is not None]
-        if dead:
-            log.error("%s exited with %s; stopping the rest", dead[0][0], dead[0][1].returncode)
-            code = 1
-            break
-        time.sleep(0.25)
-    grace = float(env["LDM_SHUTDOWN_GRACE"]) + 15
-    for name, proc in reversed(children):  # worker first, Redis last
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=grace if name == "worker" else 15)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop; killing it", name)
-            proc.kill()
-            proc.wait()
-    log.info("stopped")
-    return code
-
-
-def up_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """Environment of `up`'s API and worker: `environ` plus local defaults (its values win).
-
-    Serving the shipped model, requests that omit width/height/guidance_scale get the model's own
-    values (cli.generate.DEFAULT_MODEL_SIZE/_GUIDANCE) instead of the service-wide 512 and 7.5.
-    """
-    from cli.generate import DEFAULT_MODEL, DEFAULT_MODEL_GUIDANCE, DEFAULT_MODEL_SIZE
-
-    env = dict(environ)
-    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
-    env.setdefault("LDM_DEVICE", "cpu")
-    env.setdefault("LDM_MODEL", str(DEFAULT_MODEL))  # the shipped model, wherever `up` runs from
-    if Path(env["LDM_MODEL"]).resolve() == DEFAULT_MODEL.resolve():
-        env.setdefault("LDM_DEFAULT_SIZE", str(DEFAULT_MODEL_SIZE))
-        env.setdefault("LDM_DEFAULT_GUIDANCE", f"{DEFAULT_MODEL_GUIDANCE:g}")
-    env.setdefault("LDM_SHUTDOWN_GRACE", "10")
-    return env
-
-
-def _redis_reachable(url: str) -> bool:
-    """Whether a Redis answers PING at url."""
-    import redis
+def run_client(args: argparse.Namespace) -> int:
+    """Submit (any task), print the server's warnings, wait, save images as OUTPUT (and
+    OUTPUT-1, OUTPUT-2... for more); one line on stderr and exit 1 on any error."""
+    from cli.client import ApiError, ApiUnreachable, Client, JobFailed
 
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
+        params = client_params(args)
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    client = Client(args.url, args.api_key)
+    try:
+        images = submit_and_fetch(client, args, params)
+    except (ApiError, ApiUnreachable, JobFailed, TimeoutError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for index, data in enumerate(images):
+        path = args.output
+        if index:
+            path = path.with_name(f"{path.stem}-{index}{path.suffix}")
+        path.write_bytes(data)
+        print(path)
+    return 0
 
 
-def _start_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes] | None:
-    """Debian's redis-server on the URL's local port: AOF in data_dir, noeviction."""
-    import shutil
-    import subprocess
-    import time
-    from urllib.parse import urlparse
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        print("redis-server not found: sudo apt-get install -y redis-server", file=sys.stderr)
-        return None
-    parsed = urlparse(url)
-    if parsed.hostname not in ("127.0.0.1", "localhost", None):
-        print(f"Redis at {url} is unreachable and not local; start it first", file=sys.stderr)
-        return None
-    data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "--port", str(parsed.port or 6379), "--bind", "127.0.0.1", "--dir",
-            str(data_dir.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction"]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and process.poll() is None:
-        if _redis_reachable(url):
-            return process
-        time.sleep(0.1)
-    print(f"redis-server did not come up on {url}", file=sys.stderr)
-    process.kill()
-    return None
-
-
-def run_client(args: argparse.Namespace) -> int:
-    """Submit (any task), wait, save images as OUTPUT (and OUTPUT-1, OUTPUT-2... for more)."""
-    from cli.client import ApiError, Client, JobFailed
-
-    params = {
+def client_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's fields from the options (unset ones: None); image files read."""
+    params: dict[str, Any] = {
         "negative_prompt": args.negative_prompt, "width": args.width, "height": args.height,
         "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
         "seed": args.seed, "num_images": args.num_images, "task": args.task,
@@ -237,16 +234,19 @@ def run_client(args: argparse.Namespace) -> int:
     suffix = args.output.suffix.lstrip(".").lower()
     if suffix in ("png", "jpeg", "webp", "jpg"):
         params["output_format"] = "jpeg" if suffix == "jpg" else suffix
-    client = Client(args.url, args.api_key)
-    try:
-        images = client.txt2img(args.prompt, timeout=args.timeout, **params)
-    except (ApiError, JobFailed, TimeoutError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for index, data in enumerate(images):
-        path = args.output
-        if index:
-            path = path.with_name(f"{path.stem}-{index}{path.suffix}")
-        path.write_bytes(data)
-        print(path)
-    return 0
+    return params
+
+
+def submit_and_fetch(
+    client: Client, args: argparse.Namespace, params: dict[str, Any]
+) -> list[bytes]:
+    """Submit, print the job's warnings on stderr, wait for it and download its images."""
+    from cli.client import JobFailed
+
+    job = client.submit(args.prompt, **params)
+    for warning in job.get("warnings", []):
+        print(f"warning: {warning['message']}", file=sys.stderr)
+    job = client.wait(job["id"], timeout=args.timeout)
+    if job["status"] != "succeeded":
+        raise JobFailed(job)
+    return [client.image(job["id"], index) for index in range(len(job["images"]))]

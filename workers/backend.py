@@ -36,3 +36,5 @@ class Backend:
     device: str = "cpu"
     compile_seconds: float = 0.0  # compile and capture before the first job (0: eager)
     tasks: tuple[str, ...] = ("txt2img", "img2img", "inpaint")  # what the model can do
+    # Words of a closed-vocabulary tokenizer (None: any word): the API warns about others.
+    known_words: frozenset[str] | None = None

@@ -122,10 +122,11 @@ def device_memory(device: str) -> tuple[int, int]:
     return rss_pages * resource.getpagesize(), peak_kib * 1024
 
 
-def serve(port: int) -> Any:
-    """Expose the default registry (with process_* collectors) on 0.0.0.0:port; 0 = disabled."""
+def serve(port: int, host: str = "0.0.0.0") -> Any:
+    """Expose the default registry (with process_* collectors) on host:port; port 0 = disabled."""
     if port == 0:
         return None
-    server = _start_http_server(port)
-    log.info("metrics on :%d/metrics", port)
+    server = _start_http_server(port, addr=host)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("metrics on http://%s:%d/metrics", shown, port)
     return server

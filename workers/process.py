@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from redis import Redis
 
+from jobs.model_profile import ModelProfile, publish_profile
 from jobs.schema import UPSCALE_FACTOR
 from jobs.store import JobStore
 from workers.backend import Backend
@@ -37,6 +38,7 @@ def model_backend(settings: WorkerSettings) -> Backend:
     from model.devices import resolve_device, resolve_dtype
     from model.engine import BatchEngine
     from model.pipeline import load_pipeline
+    from model.vocabulary import known_words
 
     if settings.torch_threads:
         import torch
@@ -52,7 +54,8 @@ def model_backend(settings: WorkerSettings) -> Backend:
             f"{settings.model}: a x{pipe.downsampling_factor} upscaler; the service serves x4"
         )
     compiled = compile_for_serving(pipe, settings)
-    return Backend(lambda: BatchEngine(pipe), device, compiled, tasks)
+    words = known_words(pipe.components.tokenizer)
+    return Backend(lambda: BatchEngine(pipe), device, compiled, tasks, known_words=words)
 
 
 def compile_for_serving(pipe: Pipeline, settings: WorkerSettings) -> float:
@@ -106,7 +109,7 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     """Run one worker process to completion and return its exit code."""
     metrics = WorkerMetrics(settings.model_name)
     metrics.max_batch.set(settings.max_batch)
-    serve(settings.metrics_port)
+    serve(settings.metrics_port, settings.metrics_host)
     started = time.monotonic()
     backend = backend_factory(settings)
     metrics.model_load.set(time.monotonic() - started - backend.compile_seconds)
@@ -131,6 +134,10 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     )
     bridge.on_abandoned = abandoned_hook(store, metrics)
     store.publish_tasks(settings.model_name, backend.tasks)
+    # The API's submission advice (jobs/model_profile.py): LDM_DEFAULT_SIZE is the size this
+    # deployment serves the model at (64 for the shipped model, 512 for SD 1.x).
+    publish_profile(connection, settings.model_name,
+                    ModelProfile(settings.default_size, backend.known_words))  # fmt: skip
     store.publish_sampler_names(a1111_sampler_names())
     loop_ref: list[BatchLoop] = []
     watchdog = Watchdog(

@@ -24,6 +24,8 @@ class WorkerSettings(BaseSettings):
     job_timeout: float = Field(default=600.0, gt=0)
     result_ttl: int = Field(default=3600, ge=1)
     metrics_port: int = Field(default=9101, ge=0, le=65535)  # 0 disables the metrics endpoint
+    # Every interface, so Prometheus reaches a container's worker; `ldm-serve up` binds loopback.
+    metrics_host: str = "0.0.0.0"
     worker_name: str | None = None
     # Liveness bookkeeping. A dead worker's jobs are requeued (or failed 'abandoned') after at most
     # heartbeat_ttl + maintenance_interval seconds, by whichever worker runs maintenance next.

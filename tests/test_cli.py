@@ -1,0 +1,187 @@
+"""The console script as a first-time user meets it, run as subprocesses: help that says what each
+command and option does, one-line errors instead of tracebacks, `api` on loopback unless told,
+and the shipped model's warnings from `generate`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.main import build_parser
+from cli.supervise import MAX_QUICK_DEATHS, Child, Supervisor, restart_delay
+from tests.conftest import REPO, RedisServer, free_port
+
+OTHER_LOOPBACK = "127.0.0.2"  # this machine too, but not the address a 127.0.0.1 socket binds
+
+
+def ldm_serve(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+
+def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple]:
+    """(command path, action, its parser) for every argument of every (sub)command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk(sub, (*path, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action, parser
+
+
+def test_top_level_help_says_what_each_command_does() -> None:
+    result = ldm_serve("--help")
+    assert result.returncode == 0
+    assert "Start here" in result.stdout and "ldm-serve up" in result.stdout
+    assert "console script" not in result.stdout  # no longer the module's internal docstring
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for choice in commands._choices_actions:
+        assert choice.help, choice.dest
+        assert f"{choice.dest} " in result.stdout and choice.help.split()[0] in result.stdout
+
+
+def test_every_option_has_a_description_and_shows_its_default() -> None:
+    undescribed, no_default = [], []
+    for path, action, parser in walk(build_parser()):
+        name = " ".join(
+            [*path, action.option_strings[-1] if action.option_strings else action.dest]
+        )
+        if not action.help:
+            undescribed.append(name)
+        shown = parser._get_formatter()._get_help_string(action) or ""
+        flag = action.default in (None, True, False) or action.required
+        if action.option_strings and not flag and "default" not in shown:
+            no_default.append(name)
+    assert not undescribed and not no_default, (undescribed, no_default)
+    help_text = ldm_serve("generate", "--help").stdout
+    assert "denoising steps (default: 25)" in " ".join(help_text.split())
+    assert "(default: $LDM_API_HOST, else 127.0.0.1)" in " ".join(
+        ldm_serve("up", "-h").stdout.split()
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--width", "65"], "--width 65: Input should be a multiple of 8"),
+        (["--height", "4096"], "--height 4096: Input should be less than or equal to 2048"),
+        (["--steps", "0"], "--steps 0: Input should be greater than or equal to 1"),
+        (["--guidance", "31"], "--guidance 31.0: Input should be less than or equal to 30"),
+        (["--num-images", "5"], "--num-images 5: Input should be less than or equal to 4"),
+        (["--prompt", " "], "--prompt: must not be blank"),
+    ],
+)
+def test_generate_rejects_what_the_api_would_in_one_line(argv: list[str], message: str) -> None:
+    result = ldm_serve("generate", "--prompt", "a red circle", "--out", "x.png", *argv)
+    assert result.returncode == 2
+    assert result.stderr == f"ldm-serve generate: error: {message}\n"
+
+
+def test_generate_prints_the_shipped_models_warnings(tmp_path: Path) -> None:
+    out = tmp_path / "cat.png"
+    result = ldm_serve("generate", "--prompt", "a cat", "--steps", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "warning: prompt: the model's vocabulary has no 'cat'" in result.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_client_names_the_url_it_cannot_reach() -> None:
+    port = free_port()  # nothing listens there
+    result = ldm_serve("client", "txt2img", "a red circle", "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert (
+        result.stderr == f"error: cannot connect to http://127.0.0.1:{port}: connection refused\n"
+    )
+
+
+def test_up_names_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        result = ldm_serve("up", "--port", str(port), "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 1
+    assert f"cannot listen on http://127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def serve_api(redis_url: str, log: Path, *argv: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`ldm-serve api` without API keys, healthy on 127.0.0.1."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LDM_")}
+    env |= {"REDIS_URL": redis_url, "PYTHONPATH": str(REPO)}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api", "--port", str(port), *argv],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process, port
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def connects(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def test_api_listens_on_loopback_unless_told_and_warns_when_open_without_keys(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    for argv, reachable_beyond in (((), False), (("--host", "0.0.0.0"), True)):
+        log = tmp_path / f"api-{len(argv)}.log"
+        process, port = serve_api(redis_server.url, log, *argv)
+        try:
+            assert connects(OTHER_LOOPBACK, port) is reachable_beyond
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+        warned = "WARNING: listening on http://0.0.0.0" in log.read_text()
+        assert warned is reachable_beyond, log.read_text()
+        assert ("LDM_API_KEYS" in log.read_text()) is reachable_beyond
+        host = "0.0.0.0" if argv else "127.0.0.1"
+        assert f"Uvicorn running on http://{host}:{port}" in log.read_text()
+
+
+class Exits:
+    """A child process that has exited with `code` (Popen's poll/terminate/wait)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+
+def test_supervisor_restarts_with_backoff_and_gives_up_on_a_crash_loop() -> None:
+    starts: list[float] = []
+    supervisor = Supervisor()
+    child = Child("redis", lambda: Exits(-9))  # type: ignore[arg-type, return-value]
+    supervisor.add(child, now=0.0)
+    now, gave_up = 100.0, None  # it ran 100 s: a crash, not a loop; restarted after 1 s
+    while gave_up is None:
+        gave_up = supervisor.tend(now)
+        if child.process is None:
+            starts.append(child.restart_at - now)
+            now = child.restart_at
+        else:
+            now += 0.5  # each restart dies half a second in: a crash loop
+    assert starts == [restart_delay(n) for n in range(MAX_QUICK_DEATHS)] == [1, 2, 4, 8, 16]
+    assert gave_up is child
