@@ -20,3 +20,7 @@ REGISTRARS += [serve.register]
 from cli import generate, upscale  # noqa: E402  (registrars are light: handlers import lazily)
 
 REGISTRARS += [generate.register, upscale.register]
+
+from cli import webhooks  # noqa: E402  (registrars are light: handlers import lazily)
+
+REGISTRARS += [webhooks.register]

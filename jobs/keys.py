@@ -27,6 +27,12 @@ def model_tasks(model: str) -> str:
     return f"{PREFIX}model:{model}:tasks"
 
 
+def model_profile(model: str) -> str:
+    """Hash of what a model's workers say about it for submission advice: `native_size` and, for
+    a closed vocabulary, `known_words` (jobs/model_profile.py)."""
+    return f"{PREFIX}model:{model}:profile"
+
+
 def sampler_names() -> str:
     """Hash AUTOMATIC1111 sampler_name -> "<ours>" or "<ours> karras", written by workers from
     their sampler registry (the API imports no model code)."""
@@ -81,3 +87,24 @@ def active_cost(owner: str) -> str:
 def queue_places(model: str) -> str:
     """Sorted set of job ids holding a reserved place in a model's queue (jobs/quota.py)."""
     return f"{PREFIX}queue-places:{model}"
+
+
+def webhook_outbox() -> str:
+    """Sorted set webhook id -> when to try it next (jobs/outbox.py); written with the job's end."""
+    return f"{PREFIX}webhooks:outbox"
+
+
+def webhook_messages() -> str:
+    """Hash webhook id -> the event's JSON (jobs/outbox.py OutboxMessage) until it is settled."""
+    return f"{PREFIX}webhooks:messages"
+
+
+def webhook_jobs() -> str:
+    """Sorted set of active jobs with a webhook (score: created_at); the deliverer reconciles them
+    so an expired or abandoned job's event is sent even when nobody polls it."""
+    return f"{PREFIX}webhooks:jobs"
+
+
+def webhook_server_secret() -> str:
+    """The generated server secret the signing secrets derive from (without LDM_WEBHOOK_SECRET)."""
+    return f"{PREFIX}webhooks:server-secret"

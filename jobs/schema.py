@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from jobs.webhooks import Webhook, WebhookDelivery
 
 # Seeds are 32-bit like A1111's; image i of a request uses seed + i.
 MAX_SEED = 2**32 - 1
@@ -177,6 +180,9 @@ class Txt2ImgRequest(BaseModel):
     model: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="default model when absent"
     )
+    webhook: Webhook | None = Field(
+        None, description="POST signed events about this job here (docs/api.md, Webhooks)"
+    )
 
     @field_validator("width", "height", "steps", "num_images", "seed", mode="before")
     @classmethod
@@ -223,7 +229,7 @@ class Txt2ImgRequest(BaseModel):
     ) -> ResolvedRequest:
         """The request with model and seed filled in (random seed when none was given), and
         `resolved` values (an image task's task, size and strength) over the request's own."""
-        data = {**self.model_dump(exclude=IMAGE_FIELDS), **resolved}
+        data = {**self.model_dump(exclude=IMAGE_FIELDS | {"webhook"}), **resolved}
         data["model"] = self.model or default_model
         if data["seed"] is None:
             data["seed"] = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
@@ -306,6 +312,14 @@ class JobError(BaseModel):
     message: str
 
 
+class JobWarning(BaseModel):
+    """Advice given at submission about a request the model will likely answer with nonsense
+    (from what its workers published: jobs/model_profile.py); the job runs anyway."""
+
+    type: str = Field(description="stable kind: `unknown-words` or `size`")
+    message: str = Field(description="what is off and what the model expects instead")
+
+
 class JobRecord(BaseModel):
     """One job as stored in the `ldm:job:<id>` hash (times are Unix epoch seconds)."""
 
@@ -323,6 +337,10 @@ class JobRecord(BaseModel):
     decode_s: float | None = None
     error: JobError | None = None
     attempts: int = 0
+    warnings: list[JobWarning] = []
+    webhook: Webhook | None = None
+    webhook_progress_s: float | None = None  # least seconds between two progress events
+    webhook_delivery: WebhookDelivery | None = None  # of the final event (the deliverer writes)
 
     _FLOATS: ClassVar[tuple[str, ...]] = (
         "created_at",
@@ -352,6 +370,12 @@ class JobRecord(BaseModel):
         if self.error is not None:
             fields["error_type"] = self.error.type
             fields["error_message"] = self.error.message
+        if self.warnings:
+            fields["warnings"] = json.dumps([warning.model_dump() for warning in self.warnings])
+        if self.webhook is not None:
+            fields["webhook"] = self.webhook.model_dump_json()
+            if self.webhook_progress_s is not None:
+                fields["webhook_progress_s"] = repr(float(self.webhook_progress_s))
         return fields
 
     @classmethod
@@ -361,6 +385,8 @@ class JobRecord(BaseModel):
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
         }
+        delivery = data.get("webhook_delivery")
+        delivery = WebhookDelivery.model_validate_json(delivery) if delivery else None
         error = None
         if "error_type" in data:
             error = JobError(type=data["error_type"], message=data.get("error_message", ""))
@@ -373,5 +399,11 @@ class JobRecord(BaseModel):
             progress_total=int(data.get("progress_total", 0)),
             attempts=int(data.get("attempts", 0)),
             error=error,
+            warnings=json.loads(data.get("warnings", "[]")),
+            webhook=Webhook.model_validate_json(data["webhook"]) if "webhook" in data else None,
+            webhook_progress_s=float(data["webhook_progress_s"])
+            if "webhook_progress_s" in data
+            else None,
+            webhook_delivery=delivery,
             **{name: float(data[name]) for name in cls._FLOATS if name in data},
         )

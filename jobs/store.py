@@ -141,6 +141,8 @@ class JobStore:
         )
         if quota:
             self.active.confirm(pipe, record.owner, record.id)
+        if record.webhook is not None:  # the deliverer reconciles it until it ends
+            pipe.zadd(keys.webhook_jobs(), {record.id: record.created_at})
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None when unknown or expired."""
@@ -250,8 +252,9 @@ class JobStore:
         if not progress:
             return set()
         ids = list(progress)
-        job_keys = [keys.job(job_id) for job_id in ids] + [keys.cancel(job_id) for job_id in ids]
-        args = [str(value) for job_id in ids for value in progress[job_id]]
+        job_keys = [keys.webhook_outbox(), keys.webhook_messages()]
+        job_keys += [keys.job(job_id) for job_id in ids] + [keys.cancel(job_id) for job_id in ids]
+        args = [str(value) for job_id in ids for value in (*progress[job_id], job_id)]
         stop = self._progress(keys=job_keys, args=args)
         return {job_id for job_id, flag in zip(ids, stop, strict=True) if int(flag)}
 
@@ -266,7 +269,8 @@ class JobStore:
         error: JobError | None = None,
         allowed: Sequence[JobStatus] = ACTIVE,
     ) -> bool:
-        """Atomically end a job: status, images, timings, TTLs, tombstone; False if not active."""
+        """Atomically end a job: status, images, timings, TTLs, tombstone, and its webhook event
+        in the outbox; False if not active."""
         if not status.terminal:
             raise ValueError(f"finish() needs a terminal status, got {status}")
         fields = {"status": status.value, "finished_at": repr(time.time())}
@@ -277,10 +281,11 @@ class JobStore:
         if error is not None:
             fields.update(error_type=error.type, error_message=error.message)
         flat = [item for pair in fields.items() for item in pair]
-        script_keys = [keys.job(job_id), keys.gone(job_id)]
+        script_keys = [keys.job(job_id), keys.gone(job_id), keys.webhook_outbox(),
+                       keys.webhook_messages(), keys.webhook_jobs()]  # fmt: skip
         script_keys += [keys.image(job_id, index) for index in range(len(images))]
         args: list[str | bytes | int] = [",".join(allowed), self.result_ttl, TOMBSTONE_TTL_S]
-        args += [len(flat), *flat, *images]
+        args += [job_id, len(flat), *flat, *images]
         return bool(self._finish(keys=script_keys, args=args))
 
     def requeue(self, job_id: str) -> bool:

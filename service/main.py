@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from jobs.idempotency import IdempotencyClaims
 from jobs.store import JobStore
+from jobs.webhooks import WebhookSecrets
 from service.auth import KeyRing
 from service.bodysize import BodySizeLimit
 from service.errors import install_handlers
@@ -26,6 +27,7 @@ from service.routes import (
     openai_images,
     playground,
     txt2img,
+    webhooks,
 )
 from service.routes.image_tasks import IMAGE_TASK_PATHS
 from service.routes.openai_images import OPENAI_PATHS
@@ -65,6 +67,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.keyring = KeyRing(settings.keys)
     app.state.rate_limiter = RateLimiter(redis, settings.rate_limit)
     app.state.metrics = ApiMetrics(store, settings.models)
+    app.state.webhook_secrets = WebhookSecrets(redis, settings.webhook_secret)
     # Claims live as long as the job they name can be read back.
     idempotency_ttl = settings.queue_ttl + settings.job_timeout + settings.result_ttl
     app.state.claims = IdempotencyClaims(store, ttl=idempotency_ttl)
@@ -76,6 +79,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(a1111.build_router(settings))
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(playground.router)
     # Outermost last: metrics see every response, including the 413s of the body limit; the

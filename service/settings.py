@@ -79,7 +79,17 @@ class ApiSettings(BaseSettings):
     request_read_timeout_s: float = Field(
         default=10.0, gt=0, validation_alias=_env("LDM_REQUEST_READ_TIMEOUT")
     )
-    api_host: str = Field(default="0.0.0.0", validation_alias=_env("LDM_API_HOST"))
+    # Webhooks (docs/api.md): destinations allowed although private, loopback, link-local, ...
+    # (comma-separated CIDRs, addresses, host names); the server secret each API key's signing
+    # secret derives from (empty: one generated once in Redis; the deliverer must see the same);
+    # the least seconds between two progress events of one job.
+    webhook_allow: str = Field(default="", validation_alias=_env("LDM_WEBHOOK_ALLOW"))
+    webhook_secret: str = Field(default="", repr=False, validation_alias=_env("LDM_WEBHOOK_SECRET"))
+    webhook_progress_interval_s: float = Field(
+        default=2.0, ge=0.05, validation_alias=_env("LDM_WEBHOOK_PROGRESS_INTERVAL")
+    )
+    # Loopback unless told otherwise (containers set 0.0.0.0): no open port by accident.
+    api_host: str = Field(default="127.0.0.1", validation_alias=_env("LDM_API_HOST"))
     api_port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("LDM_API_PORT"))
 
     @property

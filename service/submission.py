@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from jobs.idempotency import IdempotencyClaims, body_fingerprint
+from jobs.model_profile import ModelProfile, read_profile
 from jobs.schema import JobRecord, JobStatus, ResolvedRequest, Task, Txt2ImgRequest
 from jobs.store import JobStore
 from service.errors import Problem
@@ -21,6 +22,7 @@ from service.metrics import ApiMetrics
 from service.openapi import problem_responses
 from service.settings import ApiSettings
 from service.views import JobView, job_path, job_view
+from service.webhooks import attach_webhook, check_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,10 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def queued_record(job_id: str, owner: str, request: ResolvedRequest) -> JobRecord:
-    """The record of a job about to be enqueued."""
+def queued_record(
+    job_id: str, owner: str, request: ResolvedRequest, profile: ModelProfile | None = None
+) -> JobRecord:
+    """The record of a job about to be enqueued, with the model's advice on its request."""
     return JobRecord(
         id=job_id,
         status=JobStatus.queued,
@@ -54,6 +58,7 @@ def queued_record(job_id: str, owner: str, request: ResolvedRequest) -> JobRecor
         request=request,
         created_at=time.time(),
         progress_total=request.steps,
+        warnings=profile.warnings(request) if profile is not None else [],
     )
 
 
@@ -95,7 +100,10 @@ def enqueue(
     """Claim the Idempotency-Key (a replay answers 200 with the earlier job), then store the
     record, its rq job and `inputs` atomically; `resolved` overrides request values."""
     settings, store, claims, metrics = deps
-    check_task(store, settings, body.model or settings.model_name, type(body).task)
+    model = body.model or settings.model_name
+    check_task(store, settings, model, type(body).task)
+    check_webhook(body.webhook, settings)
+    profile = read_profile(store.redis, model)  # before the key's claim: nothing to undo
     key = key.strip('"') if key is not None else None
     if key is not None:
         fingerprint = body_fingerprint(body.model_dump(mode="json"))
@@ -104,7 +112,9 @@ def enqueue(
             response.status_code = status.HTTP_200_OK
             response.headers["Idempotent-Replayed"] = "true"
             return job_reply(response, store, earlier)
-    record = queued_record(job_id, owner, body.resolve(settings.model_name, **(resolved or {})))
+    request = body.resolve(settings.model_name, **(resolved or {}))
+    record = queued_record(job_id, owner, request, profile)
+    record = attach_webhook(record, body.webhook, settings)
     try:
         store.create(
             record,
@@ -117,7 +127,6 @@ def enqueue(
         if key is not None:
             claims.release(owner, key)  # no job was made: the key is free again
         raise  # quota and queue refusals become problems in service/errors.py
-    request = record.request
     metrics.submitted.labels(request.model, request.task.value).inc()
     logger.info("job %s queued model=%s task=%s steps=%d", job_id, request.model,
                 request.task.value, request.steps)  # fmt: skip

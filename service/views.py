@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.schema import JobError, JobRecord, JobStatus, ResolvedRequest
+from jobs.schema import JobError, JobRecord, JobStatus, JobWarning, ResolvedRequest
+from jobs.webhooks import WebhookDelivery, WebhookEvent
 
 
 class Progress(BaseModel):
@@ -34,6 +35,14 @@ class Links(BaseModel):
     images: list[str]
 
 
+class WebhookView(BaseModel):
+    """The job's webhook and how delivering its final event goes (null until the job ends)."""
+
+    url: str
+    events: list[WebhookEvent]
+    delivery: WebhookDelivery | None = None
+
+
 class JobView(BaseModel):
     """GET /v1/jobs/{id} (and the 202 body of POST /v1/txt2img)."""
 
@@ -52,6 +61,13 @@ class JobView(BaseModel):
     images: list[str] = Field(description="image URLs once succeeded")
     error: JobError | None = None
     attempts: int
+    warnings: list[JobWarning] = Field(
+        default_factory=list,
+        description="advice computed at submission; the job runs anyway: `unknown-words` names "
+        "prompt words a closed-vocabulary model (the shipped one) does not know, `size` a size "
+        "far from the size the model draws best at",
+    )
+    webhook: WebhookView | None = Field(None, description="the request's webhook, if any")
     links: Links
 
 
@@ -62,6 +78,14 @@ def job_path(job_id: str) -> str:
 
 def _time(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def webhook_view(record: JobRecord) -> WebhookView | None:
+    """The record's webhook and its delivery, if it has one."""
+    if record.webhook is None:
+        return None
+    hook = record.webhook
+    return WebhookView(url=hook.url, events=hook.events, delivery=record.webhook_delivery)
 
 
 def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
@@ -88,5 +112,7 @@ def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
         images=images,
         error=record.error,
         attempts=record.attempts,
+        warnings=record.warnings,
+        webhook=webhook_view(record),
         links=Links.model_validate({"self": path, "events": f"{path}/events", "images": images}),
     )

@@ -11,7 +11,8 @@ from jobs.schema import Sampler
 from model.sampling.registry import SAMPLERS
 
 REPO = Path(__file__).resolve().parents[1]
-HOUSE = ("model", "workers", "jobs", "service", "cli", "training", "testkit", "bench")
+HOUSE = ("model", "workers", "jobs", "service", "cli", "training", "testkit", "bench",
+         "webhooks")  # fmt: skip
 # The two places a sampler's name may be spelled: its registry entry and the request enum.
 NAME_HOMES = {REPO / "model/sampling/registry.py", REPO / "jobs/schema.py"}
 

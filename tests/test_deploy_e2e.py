@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, wait_for_port
+from tests.conftest import REPO, free_port, redis_server_binary, wait_for_port
 from tests.test_deploy_dashboard import dashboard_expressions
 from tests.test_deploy_prometheus import CONFIG, RULES, load_rules
 
@@ -157,7 +157,7 @@ def finite(result: list[dict[str, Any]]) -> bool:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
-    binaries = {name: shutil.which(name) for name in ("redis-server", "prometheus")}
+    binaries = {"redis-server": redis_server_binary(), "prometheus": shutil.which("prometheus")}
     missing = [name for name, path in binaries.items() if path is None]
     if missing:
         pytest.fail(f"{missing} not installed (apt-get install redis-server prometheus)")
@@ -170,6 +170,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
         "redis": free_port(),
         "ldm-api": free_port(),
         "ldm-worker": free_port(),
+        "ldm-webhooks": free_port(),
         "prometheus": free_port(),
     }
     redis_url = f"redis://ldm:{REDIS_PASSWORD}@127.0.0.1:{ports['redis']}/0"
@@ -207,6 +208,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
             "api", [*cli, "api", "--host", "127.0.0.1", "--port", str(ports["ldm-api"])], env
         )
         stack.start("worker", [*cli, "worker"], env)
+        webhooks_env = {**env, "LDM_WEBHOOK_METRICS_PORT": str(ports["ldm-webhooks"])}
+        stack.start("webhooks", [*cli, "webhooks"], webhooks_env)
 
         promdir = workdir / "prometheus"
         promdir.mkdir()
@@ -236,7 +239,7 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
         if response.status_code != 200:
             return False
         targets = response.json()["data"]["activeTargets"]
-        return len(targets) == 3 and all(t["health"] == "up" for t in targets)
+        return len(targets) == 4 and all(t["health"] == "up" for t in targets)
 
     wait_until(targets_up, 120, processes, "every scrape target up (API, worker, Prometheus)")
     # The worker has registered with rq once the API's gauge says so.

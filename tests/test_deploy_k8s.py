@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, free_port, wait_for_port
+from tests.conftest import REPO, free_port, redis_server_binary, wait_for_port
 
 yaml = pytest.importorskip("yaml")
 
@@ -333,14 +333,14 @@ def test_service_monitors_scrape_the_jobs_the_rules_use() -> None:
         assert matches({"matchLabels": service["spec"]["selector"]}, labels(objects, component))
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")
 def test_redis_runs_with_the_manifests_arguments(tmp_path: Path) -> None:
     import redis
 
     password, port = secrets.token_hex(16), free_port()
     args = container(render("overlays/gpu"), "redis")["args"]
     args = [a.replace("$(REDIS_PASSWORD)", password).replace("/data", str(tmp_path)) for a in args]
-    process = subprocess.Popen([shutil.which("redis-server"), *args[1:], "--port", str(port)],
+    process = subprocess.Popen([redis_server_binary(), *args[1:], "--port", str(port)],
                                stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port)

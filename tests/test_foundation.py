@@ -19,6 +19,8 @@ FORBIDDEN = {
               "training", "testkit"},
     "jobs": {"torch", "model", "workers", "service", "fastapi", "starlette", "training"},
     "workers": {"service", "fastapi", "starlette", "diffusers", "training", "testkit"},
+    "webhooks": {"torch", "model", "workers", "service", "fastapi", "starlette", "training",
+                 "testkit"},
 }  # fmt: skip
 
 

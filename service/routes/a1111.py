@@ -30,6 +30,7 @@ from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import parsed, prepared
 from service.settings import ApiSettings
 from service.submission import enqueue, finished, invalid
+from service.webhooks import with_header_webhook
 
 PREFIX = "/sdapi/v1"
 DEFAULTS = {"steps": 20, "cfg_scale": 7.0, "width": 512, "height": 512, "seed": -1,
@@ -135,6 +136,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
             image_payload = cast(Img2ImgRequest, parsed(model, fields))
             resolved, uploads = await run_in_threadpool(prepared, image_payload, settings.limits)
             payload = image_payload
+        payload = with_header_webhook(request, payload, settings)
         job = await run_in_threadpool(enqueue, payload, str(uuid.uuid4()), owner, None, response,
                                       deps, resolved, uploads)  # fmt: skip
         latest_key = keys.a1111_latest(owner)  # a blocking call: off the event loop

@@ -28,6 +28,7 @@ from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import body_fields, parsed, prepared
 from service.settings import ApiSettings
 from service.submission import enqueue, finished, invalid
+from service.webhooks import with_header_webhook
 
 NATIVE_EXTRAS = ("negative_prompt", "seed", "steps", "guidance_scale", "sampler", "model",
                  "output_format")  # fmt: skip
@@ -168,7 +169,7 @@ def add_route(router: APIRouter, settings: ApiSettings, action: str, model: Any)
             native["init_image"] = fields.get("image", "")
         if action == "edits":  # no mask: the image's own transparency marks the area
             native["mask_image"] = fields.get("mask", fields.get("image", ""))
-        body: Txt2ImgRequest = parsed(model, native)
+        body: Txt2ImgRequest = with_header_webhook(request, parsed(model, native), settings)
         resolved: dict[str, object] | None = None
         uploads: dict[str, bytes] | None = None
         if isinstance(body, Img2ImgRequest):

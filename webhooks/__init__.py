@@ -1,0 +1,1 @@
+"""The webhook deliverer (`ldm-serve webhooks`): signed, retried POSTs of the outbox's events."""
