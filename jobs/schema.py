@@ -320,6 +320,15 @@ class JobWarning(BaseModel):
     message: str = Field(description="what is off and what the model expects instead")
 
 
+class Usage(BaseModel):
+    """What a finished job consumed, in tokens as OpenAI's image API counts them: prompt tokens the
+    text encoder read, and latent positions (one per f x f pixels) of input and output images."""
+
+    text_tokens: int = Field(description="prompt (and negative prompt, when guided) tokens")
+    image_tokens: int = Field(description="latent positions of the input images (image tasks)")
+    output_tokens: int = Field(description="latent positions of the output images")
+
+
 class JobRecord(BaseModel):
     """One job as stored in the `ldm:job:<id>` hash (times are Unix epoch seconds)."""
 
@@ -338,6 +347,7 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     attempts: int = 0
     warnings: list[JobWarning] = []
+    usage: Usage | None = None  # written when the job succeeds
     webhook: Webhook | None = None
     webhook_progress_s: float | None = None  # least seconds between two progress events
     webhook_delivery: WebhookDelivery | None = None  # of the final event (the deliverer writes)
@@ -372,6 +382,8 @@ class JobRecord(BaseModel):
             fields["error_message"] = self.error.message
         if self.warnings:
             fields["warnings"] = json.dumps([warning.model_dump() for warning in self.warnings])
+        if self.usage is not None:
+            fields["usage"] = self.usage.model_dump_json()
         if self.webhook is not None:
             fields["webhook"] = self.webhook.model_dump_json()
             if self.webhook_progress_s is not None:
@@ -400,6 +412,7 @@ class JobRecord(BaseModel):
             attempts=int(data.get("attempts", 0)),
             error=error,
             warnings=json.loads(data.get("warnings", "[]")),
+            usage=Usage.model_validate_json(data["usage"]) if "usage" in data else None,
             webhook=Webhook.model_validate_json(data["webhook"]) if "webhook" in data else None,
             webhook_progress_s=float(data["webhook_progress_s"])
             if "webhook_progress_s" in data

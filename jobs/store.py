@@ -28,7 +28,7 @@ from rq.worker_registration import get_keys as worker_keys
 from jobs import keys
 from jobs.quota import ActiveJobs, QueuePlaces
 from jobs.record_scripts import FINISH, PROGRESS, TRANSITION
-from jobs.schema import JobError, JobRecord, JobStatus
+from jobs.schema import JobError, JobRecord, JobStatus, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ class JobStore:
         decode_s: float | None = None,
         error: JobError | None = None,
         allowed: Sequence[JobStatus] = ACTIVE,
+        usage: Usage | None = None,
     ) -> bool:
         """Atomically end a job: status, images, timings, TTLs, tombstone, and its webhook event
         in the outbox; False if not active."""
@@ -280,6 +281,8 @@ class JobStore:
             fields["decode_s"] = repr(float(decode_s))
         if error is not None:
             fields.update(error_type=error.type, error_message=error.message)
+        if usage is not None:
+            fields["usage"] = usage.model_dump_json()
         flat = [item for pair in fields.items() for item in pair]
         script_keys = [keys.job(job_id), keys.gone(job_id), keys.webhook_outbox(),
                        keys.webhook_messages(), keys.webhook_jobs()]  # fmt: skip

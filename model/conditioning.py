@@ -54,6 +54,11 @@ class TextConditioner:
             log.warning("prompt has %d tokens: encoding %d chunks of 75", len(ids), len(chunks))
         return chunks
 
+    def token_count(self, prompt: str) -> int:
+        """Tokens the encoder reads for a prompt, BOS/EOS of every window included, no padding."""
+        ids = self.tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+        return len(ids) + 2 * max(1, -(-len(ids) // (WINDOW - 2)))
+
     @torch.no_grad()
     def _encode_chunk(self, ids: list[int]) -> torch.Tensor:
         device = self.encoder.device

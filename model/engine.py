@@ -79,6 +79,7 @@ class Sample:
         self.cond, self.uncond = cond, uncond  # (1, L, D) each; uncond only when guided
         self.concat = concat  # (1, C', h, w) beside x on every call (inpainting, upscaling)
         self.labels = labels  # (1,) class label of class-conditional UNets (upscaler noise level)
+        self.text_tokens = 0  # prompt (and negative prompt, when guided) tokens encoded
 
     @property
     def done(self) -> bool:
@@ -153,6 +154,9 @@ class BatchEngine:
             cond, uncond = p.conditioner.encode(spec.prompt), None
         trajectory = Trajectory(entry, start.x, grid, noise, spec.eta, start.known)
         sample = Sample(spec, tag, trajectory, cond, uncond, start.concat, start.labels)
+        sample.text_tokens = p.conditioner.token_count(spec.prompt) + (
+            p.conditioner.token_count(spec.negative_prompt) if uncond is not None else 0
+        )
         self.active.append(sample)
         return sample
 

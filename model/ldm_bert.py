@@ -130,6 +130,10 @@ class BertConditioner:
     def context_dim(self) -> int:
         return self.encoder.config.d_model
 
+    def token_count(self, prompt: str) -> int:
+        """Tokens the encoder reads for a prompt ([CLS] and [SEP] included, no padding)."""
+        return min(len(self.tokenizer(prompt).input_ids), WINDOW)
+
     @torch.no_grad()
     def encode(self, prompt: str, min_chunks: int = 1) -> torch.Tensor:
         """Context (1, 77, D) for one prompt (one window: the paper's model has no chunking)."""

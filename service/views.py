@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.schema import JobError, JobRecord, JobStatus, JobWarning, ResolvedRequest
+from jobs.schema import JobError, JobRecord, JobStatus, JobWarning, ResolvedRequest, Usage
 from jobs.webhooks import WebhookDelivery, WebhookEvent
 
 
@@ -67,6 +67,11 @@ class JobView(BaseModel):
         "prompt words a closed-vocabulary model (the shipped one) does not know, `size` a size "
         "far from the size the model draws best at",
     )
+    usage: Usage | None = Field(
+        None,
+        description="tokens the job consumed (once succeeded): prompt tokens and latent "
+        "positions of input and output images, as the OpenAI dialect's `usage` reports them",
+    )
     webhook: WebhookView | None = Field(None, description="the request's webhook, if any")
     links: Links
 
@@ -113,6 +118,7 @@ def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
         error=record.error,
         attempts=record.attempts,
         warnings=record.warnings,
+        usage=record.usage,
         webhook=webhook_view(record),
         links=Links.model_validate({"self": path, "events": f"{path}/events", "images": images}),
     )

@@ -65,10 +65,26 @@ def native(stack: ApiServer, route: str, **kwargs: object) -> np.ndarray:
     return decoded(native_first_image(stack, route, **kwargs))
 
 
-def test_generate_equals_the_native_txt2img(stack: ApiServer, client: openai.OpenAI) -> None:
+def prompt_tokens(model: Path, prompt: str) -> int:
+    """What the CLIP text encoder reads: the prompt's tokens plus BOS and EOS (one window)."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer", local_files_only=True)
+    return len(tokenizer(prompt).input_ids)
+
+
+def test_generate_equals_the_native_txt2img(
+    stack: ApiServer, client: openai.OpenAI, tiny_model: Path
+) -> None:
     result = client.images.generate(prompt="a red square", n=2, size=f"{SIZE}x{SIZE}",
                                     response_format="b64_json", extra_body=NATIVE)  # fmt: skip
     assert len(result.data) == 2 and result.created > 0
+    # usage: prompt + empty negative prompt (guided), and two 16x16 latents (the VAE's f is 2)
+    text = prompt_tokens(tiny_model, "a red square") + prompt_tokens(tiny_model, "")
+    assert result.usage is not None
+    assert result.usage.input_tokens_details.text_tokens == text
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (text, 2 * 16 * 16)
+    assert result.usage.total_tokens == text + 2 * 16 * 16
     ours = decoded(base64.b64decode(result.data[0].b64_json or ""))
     theirs = native(stack, "/v1/txt2img", json={"prompt": "a red square", "width": SIZE,
                                                 "height": SIZE, **NATIVE})  # fmt: skip
@@ -92,6 +108,8 @@ def test_edit_inpaints_the_transparent_area(stack: ApiServer, client: openai.Ope
     assert np.array_equal(ours, theirs)
     kept = np.asarray(init_image()).astype(np.int16)[:, SIZE // 2 :]
     assert np.array_equal(ours[:, SIZE // 2 :], kept)  # outside the mask: the image, exactly
+    assert result.usage is not None  # the image and the mask, one latent each
+    assert result.usage.input_tokens_details.image_tokens == 2 * 16 * 16
 
 
 def test_variation_is_img2img_with_an_empty_prompt(client: openai.OpenAI) -> None:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from jobs.schema import ResolvedRequest
+from jobs.schema import ResolvedRequest, Usage
 from workers.batching import Slot, is_complete, job_progress
 from workers.rq_bridge import Claim
 
@@ -34,6 +34,7 @@ class JobInFlight:
     finished: dict[int, Sample] = field(default_factory=dict)  # image index -> finished sample
     # An image task's inputs, decoded and sized for the job: "init_image" (RGB), "mask_image" (L)
     inputs: dict[str, Image.Image] = field(default_factory=dict)
+    usage: Usage | None = None  # tokens, once its images are decoded (workers/retire.py)
 
     @property
     def job_id(self) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from jobs.schema import JobError, JobStatus
+from jobs.schema import JobError, JobStatus, Usage
 from jobs.store import JobStore
 from model.errors import NonFiniteOutput
 from workers.images import encode
@@ -28,6 +28,7 @@ from workers.pending_writes import PendingWrites
 from workers.rq_bridge import RqBridge
 
 if TYPE_CHECKING:
+    from model.engine import Sample
     from workers.backend import Engine
     from workers.job_in_flight import JobInFlight
 
@@ -107,6 +108,7 @@ class Retirer:
         decode_s = (time.monotonic() - started) / max(1, len(ordered))
         offset = 0
         for job, samples in ordered:
+            job.usage = usage_of(job, samples)
             future = self.encoder.submit(
                 encode_all, images[offset : offset + len(samples)], job, self.model_name
             )
@@ -122,7 +124,8 @@ class Retirer:
 
         def record() -> None:
             stored.append(self.store.finish(job_id, JobStatus.succeeded, images=encoded,
-                                            sampling_s=sampling_s, decode_s=decode_s))  # fmt: skip
+                                            sampling_s=sampling_s, decode_s=decode_s,
+                                            usage=job.usage))  # fmt: skip
 
         def registries() -> None:
             if not stored[0]:  # canceled or reconciled meanwhile: rq follows our record
@@ -173,3 +176,16 @@ class Retirer:
 def encode_all(images: list[Image.Image], job: JobInFlight, model_name: str) -> list[bytes]:
     """One job's images in its output format (runs on an encoder thread)."""
     return [encode(image, job.request, i, model_name) for i, image in enumerate(images)]
+
+
+def usage_of(job: JobInFlight, samples: list[Sample]) -> Usage:
+    """Tokens of a finished job: its prompt's (the first sample's: all share it), and latent
+    positions (h x w) of each output and of each input image at the output's latent size."""
+    positions = [
+        int(s.latent.shape[-2] * s.latent.shape[-1]) for s in samples if s.latent is not None
+    ]
+    return Usage(
+        text_tokens=samples[0].text_tokens if samples else 0,
+        image_tokens=len(job.inputs) * (positions[0] if positions else 0),
+        output_tokens=sum(positions),
+    )

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from jobs.image_requests import Img2ImgRequest, InpaintRequest, VariationRequest
-from jobs.schema import Txt2ImgRequest, request_model
+from jobs.schema import Txt2ImgRequest, Usage, request_model
 from jobs.store import JobStore
 from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
@@ -47,6 +47,22 @@ class ImageData(BaseModel):
     revised_prompt: str | None = None
 
 
+class InputTokensDetails(BaseModel):
+    """OpenAI's split of the input tokens."""
+
+    text_tokens: int
+    image_tokens: int
+
+
+class ImagesUsage(BaseModel):
+    """OpenAI's `usage`: prompt tokens, and latent positions of input and output images."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: InputTokensDetails
+
+
 class ImagesResponse(BaseModel):
     """OpenAI's images response."""
 
@@ -54,6 +70,20 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     output_format: str | None = None
     size: str | None = None
+    usage: ImagesUsage | None = None
+
+
+def images_usage(usage: Usage | None) -> ImagesUsage | None:
+    """The job's usage in OpenAI's shape."""
+    if usage is None:
+        return None
+    inputs = usage.text_tokens + usage.image_tokens
+    return ImagesUsage(
+        input_tokens=inputs, output_tokens=usage.output_tokens,
+        total_tokens=inputs + usage.output_tokens,
+        input_tokens_details=InputTokensDetails(text_tokens=usage.text_tokens,
+                                                image_tokens=usage.image_tokens),
+    )  # fmt: skip
 
 
 class OpenAIErrorBody(BaseModel):
@@ -125,15 +155,17 @@ def native_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 async def images_of(
     request: Request, store: JobStore, job_id: str, timeout: float, url: bool
-) -> list[ImageData]:
-    """Wait for the job; its images as b64_json or as URLs of the job's image route."""
+) -> tuple[list[ImageData], Usage | None]:
+    """Wait for the job; its images as b64_json or as URLs of the job's image route, and usage."""
     record = await finished(store, job_id, timeout)
     count = record.request.num_images
     if url:
         base = str(request.base_url).rstrip("/")
-        return [ImageData(url=f"{base}/v1/jobs/{job_id}/images/{i}") for i in range(count)]
+        urls = [ImageData(url=f"{base}/v1/jobs/{job_id}/images/{i}") for i in range(count)]
+        return urls, record.usage
     images = [await run_in_threadpool(store.get_image, job_id, i) for i in range(count)]
-    return [ImageData(b64_json=base64.b64encode(data or b"").decode()) for data in images]
+    encoded = [ImageData(b64_json=base64.b64encode(data or b"").decode()) for data in images]
+    return encoded, record.usage
 
 
 def build_router(settings: ApiSettings) -> APIRouter:
@@ -179,8 +211,9 @@ def add_route(router: APIRouter, settings: ApiSettings, action: str, model: Any)
             enqueue, body, str(uuid.uuid4()), owner, None, response, deps, resolved, uploads
         )
         url = fields.get("response_format", "b64_json") == "url"
-        data = await images_of(request, store, job.id, settings.sync_timeout_s, url)
+        data, usage = await images_of(request, store, job.id, settings.sync_timeout_s, url)
         request_ = job.request
         return ImagesResponse(created=int(time.time()), data=data,
                               output_format=request_.output_format.value,
-                              size=f"{request_.width}x{request_.height}")  # fmt: skip
+                              size=f"{request_.width}x{request_.height}",
+                              usage=images_usage(usage))  # fmt: skip
