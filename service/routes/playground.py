@@ -18,8 +18,13 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",  # revalidated by ETag / Last-Modified: upgrades show at once
 }
-# Starlette adds "; charset=utf-8" to text/* types.
-ASSETS = {"playground.js": "text/javascript", "playground.css": "text/css"}
+# Starlette adds "; charset=utf-8" to text/* types. The scripts are ES modules (playground.js
+# imports api.js), which browsers run only when served with a JavaScript type.
+ASSETS = {
+    "playground.js": "text/javascript",
+    "api.js": "text/javascript",
+    "playground.css": "text/css",
+}
 
 router = APIRouter(include_in_schema=False)
 
@@ -39,7 +44,7 @@ def index() -> FileResponse:
 
 @router.get("/playground/{name}")
 def asset(name: str) -> FileResponse:
-    """The page's script and stylesheet; nothing else under /playground."""
+    """The page's scripts and stylesheet; nothing else under /playground."""
     media_type = ASSETS.get(name)
     if media_type is None:
         raise Problem(404, "not-found", "Not found", f"no playground asset {name!r}")

@@ -1,8 +1,8 @@
-// ldm-serve playground: calls the native API (/v1/...) from the page; no framework, no build.
-// The API key and this browser's jobs live in localStorage; images are fetched with the key and
-// shown through blob: URLs; progress comes from the job's server-sent events, read with fetch()
-// (EventSource cannot send an Authorization header).
-'use strict';
+// ldm-serve playground, the page: the form, the mask painted on a canvas, the gallery. The API
+// key and this browser's jobs live in localStorage; every call to the API goes through api.js.
+import {
+  Client, describe, maskImage, params, readImage, requestBody, runs, terminal, upscaledSize,
+} from './api.js';
 
 const KEY_STORE = 'ldm-serve.apiKey';
 const JOBS_STORE = 'ldm-serve.jobs';
@@ -10,55 +10,15 @@ const MAX_JOBS = 50; // gallery entries kept, newest first
 const $ = (id) => document.getElementById(id);
 const form = $('generate');
 const field = (name) => form.elements.namedItem(name);
-const state = { current: null, init: null, painted: false, jobs: loadJobs(), cards: new Map() };
+const client = new Client(() => $('api-key').value);
+const state = {
+  current: null, init: null, upscale: null, painted: false, jobs: loadJobs(), cards: new Map(),
+};
 
 function el(tag, text) {
   const element = document.createElement(tag);
   if (text != null) element.textContent = text;
   return element;
-}
-
-// ---- API ----------------------------------------------------------------------------------
-async function api(path, options = {}) {
-  const headers = new Headers(options.headers);
-  const key = $('api-key').value.trim();
-  if (key) headers.set('Authorization', `Bearer ${key}`);
-  const response = await fetch(path, { ...options, headers });
-  if (!response.ok) throw await problem(response);
-  return response;
-}
-
-// An Error from an error response: application/problem+json's title, detail and field errors.
-async function problem(response) {
-  let body = {};
-  try { body = await response.json(); } catch { /* not JSON */ }
-  const error = new Error(body.detail || response.statusText || 'request failed');
-  error.title = `${response.status} ${body.title || response.statusText}`;
-  error.fields = Array.isArray(body.errors) ? body.errors : [];
-  return error;
-}
-
-function fieldError(name, message) {
-  const fields = [{ field: name, message }];
-  return Object.assign(new Error(message), { title: 'Check the form', fields });
-}
-
-// A job's server-sent events, parsed from the fetch() body: onEvent(name, data) per event.
-// Events end with a blank line; `event:` names one, `data:` lines carry it, `:` is a comment.
-async function readEvents(jobId, onEvent) {
-  const headers = { Accept: 'text/event-stream' };
-  const response = await api(`/v1/jobs/${jobId}/events`, { headers });
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = '';
-  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-    const blocks = (buffer + chunk.value.replace(/\r\n?/g, '\n')).split('\n\n');
-    buffer = blocks.pop(); // the unfinished rest
-    for (const block of blocks) {
-      const name = /^event: ?(.*)$/m.exec(block)?.[1] ?? 'message';
-      const data = [...block.matchAll(/^data: ?(.*)$/gm)].map((match) => match[1]);
-      if (data.length) onEvent(name, data.join('\n'));
-    }
-  }
 }
 
 // ---- Errors and progress ------------------------------------------------------------------
@@ -79,16 +39,6 @@ function clearError() {
   for (const element of form.querySelectorAll('.invalid')) element.classList.remove('invalid');
 }
 
-const terminal = (status) => !['queued', 'running'].includes(status);
-
-function describe({ status, progress, queue_position: position, error, timings }) {
-  if (status === 'queued') return position != null ? `queued (position ${position})` : 'queued';
-  if (status === 'running') return `running: step ${progress.step} of ${progress.total}`;
-  if (error) return `${status}: ${error.message}`;
-  const seconds = timings.sampling_s;
-  return seconds != null ? `${status}, sampled in ${seconds.toFixed(1)} s` : status;
-}
-
 // A job's new state: the progress bar (the current job's), its gallery entry and card.
 function showJob(job) {
   if (job.id === state.current) {
@@ -106,24 +56,9 @@ function showJob(job) {
   renderCard(entry);
 }
 
-// Follow a job to its end: its event stream, then GETs (the stream may have been cut short).
-async function follow(jobId) {
-  let job = null;
-  try {
-    await readEvents(jobId, (name, data) => {
-      const event = JSON.parse(data);
-      if (name === 'error') throw Object.assign(new Error(event.detail), { title: 'Event stream' });
-      if (event.request) showJob((job = event)); // {id, status: "expired"} has no request
-    });
-  } catch (error) {
-    if (jobId === state.current) showError(error);
-  }
-  while (!job || !terminal(job.status)) {
-    if (job) await new Promise((resolve) => setTimeout(resolve, 1000));
-    job = await (await api(`/v1/jobs/${jobId}`)).json();
-    showJob(job);
-  }
-  return job;
+function follow(jobId) {
+  const streamFailed = (error) => { if (jobId === state.current) showError(error); };
+  return client.follow(jobId, showJob, streamFailed);
 }
 
 // ---- Gallery ------------------------------------------------------------------------------
@@ -134,15 +69,6 @@ function loadJobs() {
 function saveJobs() {
   state.jobs = state.jobs.slice(0, MAX_JOBS);
   localStorage.setItem(JOBS_STORE, JSON.stringify(state.jobs));
-}
-
-function params(request) {
-  if (!request.prompt) return '';
-  const parts = [request.task, `${request.width}x${request.height}`, `${request.steps} steps`,
-    request.sampler, `guidance ${request.guidance_scale}`, `seed ${request.seed}`, request.model];
-  if (request.task !== 'txt2img') parts.push(`strength ${request.strength}`);
-  if (request.negative_prompt) parts.push(`negative: ${request.negative_prompt}`);
-  return parts.join(' · ');
 }
 
 function renderCard(entry) {
@@ -156,7 +82,7 @@ function renderCard(entry) {
   }
   const request = entry.request || {};
   Object.assign(card.dataset, { task: request.task || '', status: entry.status || '' });
-  card.querySelector('.prompt').textContent = request.prompt || '';
+  card.querySelector('.prompt').textContent = request.prompt || (request.task ? '(no prompt)' : '');
   card.querySelector('.params').textContent = params(request);
   card.querySelector('.state').textContent = entry.note || entry.status || '';
   if (entry.status === 'succeeded' && !card.dataset.loaded) loadImages(card, entry);
@@ -167,10 +93,9 @@ async function loadImages(card, entry) {
   const box = card.querySelector('.images');
   for (let index = 0; index < (entry.request.num_images || 1); index++) {
     try {
-      const blob = await (await api(`/v1/jobs/${entry.id}/images/${index}`)).blob();
       const img = el('img');
       img.alt = `image ${index} of job ${entry.id}`;
-      img.src = URL.createObjectURL(blob);
+      img.src = await client.imageUrl(entry.id, index);
       box.append(img);
     } catch (error) {
       box.replaceChildren(el('p', `image unavailable: ${error.message}`));
@@ -197,25 +122,27 @@ function resume(entry) {
   else if (entry.status === 'succeeded' && !card.dataset.loaded) loadImages(card, entry);
 }
 
-// ---- Init image and mask ------------------------------------------------------------------
-function setInit(file) {
-  const reader = new FileReader();
-  reader.onload = () => {
-    const image = new Image();
-    image.onload = () => {
-      state.init = reader.result; // a data: URL, which the API takes as it is
-      for (const canvas of [$('init-canvas'), $('mask-canvas')]) {
-        canvas.width = image.naturalWidth;
-        canvas.height = image.naturalHeight;
-      }
-      $('init-canvas').getContext('2d').drawImage(image, 0, 0);
-      clearMask();
-      $('stack').hidden = false;
-    };
-    image.onerror = () => showError(fieldError('init_image', 'the browser cannot read this image'));
-    image.src = reader.result;
-  };
-  reader.readAsDataURL(file);
+// ---- Uploads, the mask --------------------------------------------------------------------
+async function setInit(file) {
+  const { url, image } = await readImage(file, 'init_image');
+  state.init = url;
+  for (const canvas of [$('init-canvas'), $('mask-canvas')]) {
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+  }
+  $('init-canvas').getContext('2d').drawImage(image, 0, 0);
+  clearMask();
+  $('stack').hidden = false;
+}
+
+// The image to upscale, and the size of the job's output.
+async function setUpscale(file) {
+  const { url, image } = await readImage(file, 'image');
+  state.upscale = url;
+  Object.assign($('upscale-preview'), { src: url, hidden: false });
+  const [width, height] = upscaledSize(image);
+  $('upscale-size').textContent =
+    `${image.naturalWidth}x${image.naturalHeight} in, ${width}x${height} out`;
 }
 
 function clearMask() {
@@ -259,20 +186,11 @@ function paintMask() {
   }
 }
 
-// The mask as the API reads it: the init image's size, white (painted) = repaint, black = keep.
-function maskImage() {
-  const painted = $('mask-canvas');
-  const mask = Object.assign(el('canvas'), { width: painted.width, height: painted.height });
-  const context = mask.getContext('2d');
-  context.fillStyle = '#000';
-  context.fillRect(0, 0, mask.width, mask.height);
-  context.drawImage(painted, 0, 0);
-  return mask.toDataURL('image/png');
-}
-
 function taskChanged() {
   const task = field('task').value;
-  $('image-panel').hidden = $('size-note').hidden = task === 'txt2img';
+  const init = task === 'img2img' || task === 'inpaint';
+  $('image-panel').hidden = $('size-note').hidden = !init;
+  $('upscale-panel').hidden = task !== 'upscale';
   field('width').disabled = field('height').disabled = task !== 'txt2img';
   $('mask-tools').hidden = $('mask-note').hidden = task !== 'inpaint';
   $('mask-canvas').classList.toggle('painting', task === 'inpaint');
@@ -280,20 +198,14 @@ function taskChanged() {
 }
 
 // ---- Submitting ---------------------------------------------------------------------------
-// The JSON body; empty fields are left out (the API's defaults), the API checks every bound.
-function requestBody(task) {
-  const number = (name) => (field(name).value === '' ? undefined : Number(field(name).value));
-  const body = {
-    prompt: field('prompt').value, negative_prompt: field('negative_prompt').value,
-    steps: number('steps'), guidance_scale: number('guidance_scale'), seed: number('seed'),
-    sampler: field('sampler').value || undefined,
-  };
-  if (task === 'txt2img') return { ...body, width: number('width'), height: number('height') };
-  if (!state.init) throw fieldError('init_image', 'choose an init image');
-  Object.assign(body, { init_image: state.init, strength: number('strength') });
-  if (task === 'img2img') return body;
-  if (!state.painted) throw fieldError('mask_image', 'paint the area to repaint over the image');
-  return { ...body, mask_image: maskImage(), keep_unmasked: field('keep_unmasked').checked };
+// The form's fields by name: as typed (checkboxes: checked), the uploads as data: URLs or null.
+function formFields() {
+  const painted = state.painted ? maskImage($('mask-canvas')) : null;
+  const fields = { init_image: state.init, mask_image: painted, image: state.upscale };
+  for (const { name, type, value, checked } of form.elements) {
+    if (name && type !== 'file') fields[name] = type === 'checkbox' ? checked : value;
+  }
+  return fields;
 }
 
 async function submit(event) {
@@ -303,9 +215,7 @@ async function submit(event) {
   $('submit').disabled = true; // until the job is queued; then the next may follow it
   let job;
   try {
-    const body = JSON.stringify(requestBody(task));
-    const headers = { 'Content-Type': 'application/json' };
-    job = await (await api(`/v1/${task}`, { method: 'POST', headers, body })).json();
+    job = await client.submit(task, requestBody(task, formFields()));
   } catch (error) {
     return showError(error);
   } finally {
@@ -320,15 +230,18 @@ async function submit(event) {
 // ---- Start-up: samplers and tasks from /v1/models (with the key), the saved gallery ------
 async function loadModels() {
   try {
-    const { data } = await (await api('/v1/models')).json();
-    const model = data.find((entry) => entry.default) || data[0];
+    const { data, served } = await client.models();
     const sampler = field('sampler');
     const chosen = sampler.value;
-    const names = model.samplers.map((name) => new Option(name));
+    const names = served.samplers.map((name) => new Option(name));
     sampler.replaceChildren(new Option('default', ''), ...names);
-    sampler.value = model.samplers.includes(chosen) ? chosen : '';
-    for (const option of field('task').options) {
-      option.disabled = Boolean(model.tasks && !model.tasks.includes(option.value));
+    sampler.value = served.samplers.includes(chosen) ? chosen : '';
+    const task = field('task');
+    for (const option of task.options) option.disabled = !runs(served, option.value);
+    const first = [...task.options].find((option) => !option.disabled);
+    if (task.selectedOptions[0].disabled && first) { // e.g. an upscaler: upscale only
+      task.value = first.value;
+      taskChanged();
     }
     $('models-status').textContent = data.map((entry) =>
       `${entry.name}: ${entry.workers} worker(s), ${entry.queue_depth} queued`).join('; ');
@@ -347,9 +260,11 @@ function start() {
   });
   form.addEventListener('submit', submit);
   field('task').addEventListener('change', taskChanged);
-  $('init-file').addEventListener('change', (event) => {
-    if (event.target.files.length) setInit(event.target.files[0]);
-  });
+  for (const [input, set] of [['init-file', setInit], ['upscale-file', setUpscale]]) {
+    $(input).addEventListener('change', (event) => {
+      if (event.target.files.length) set(event.target.files[0]).catch(showError);
+    });
+  }
   $('clear-mask').addEventListener('click', clearMask);
   paintMask();
   taskChanged();
