@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO
 from tests.test_deploy_prometheus import (
     BUILTIN_SERIES,
+    deliverer_series,
     documented_metrics,
     recording_rule_names,
     rule_expressions,
@@ -39,6 +40,11 @@ REQUIRED_TITLES = (
     "Device memory",
     "Workers alive",
     "Model load time",
+    "Webhook deliveries by outcome",
+    "Webhook attempts by result",
+    "Webhook attempt latency p95",
+    "Webhook outbox backlog",
+    "Webhook deliverers up",
 )
 # Grafana variables and their stand-ins when a query is sent to Prometheus directly.
 VARIABLES = {"$model": ".*", "$__rate_interval": "1m", "$__interval": "15s"}
@@ -145,3 +151,16 @@ def test_every_recording_rule_is_used() -> None:
         used |= series_names(expr)
     unused = recording_rule_names() - used
     assert not unused, f"recording rules nothing reads: {sorted(unused)}"
+
+
+def test_webhook_panels_read_the_deliverers_real_series() -> None:
+    """The webhook panels read recording rules over, or directly, the deliverer's real series."""
+    exported = deliverer_series()
+    webhook_panels = [p for p in data_panels(load_dashboard()) if p["title"].startswith("Webhook")]
+    assert webhook_panels
+    for panel in webhook_panels:
+        for target in panel["targets"]:
+            read = series_names(target["expr"])
+            assert any("ldm_webhook_" in s for s in read) or 'job="ldm-webhooks"' in target["expr"]
+            raw = {s for s in read if s.startswith("ldm_webhook_")}
+            assert raw <= exported, f"{panel['title']}: {sorted(raw - exported)}"

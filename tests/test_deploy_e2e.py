@@ -1,18 +1,21 @@
 """End to end: the real stack and a real Prometheus; every dashboard and rule query returns data.
 
-Starts redis-server with docker/redis.conf and the ACL users of docker/redis-users.acl.example (API
-and worker connect as the restricted `ldm` user), `ldm-serve api`, `ldm-serve worker` with a tiny
-model, and Debian's Prometheus with docker/prometheus/prometheus.yml rewritten to localhost targets
-(1 s scrape and rule evaluation, static targets instead of DNS discovery) and the project's
-rules.yml. Runs a few jobs, a cancellation and rejected requests, then sends every PromQL
-expression of the Grafana dashboard and of rules.yml to Prometheus' HTTP API and requires each to
-return at least one finite sample. Alert expressions are evaluated with their comparisons turned
-into `bool` comparisons, so the test asks "does every signal the alert compares exist", not "is
-the alert firing". Last, the worker must stop with exit 0 and Redis' ACL LOG must be empty.
+Starts redis-server with docker/redis.conf and the ACL users of docker/redis-users.acl.example (API,
+worker and deliverer connect as the restricted `ldm` user), `ldm-serve api`, `ldm-serve worker`
+with a tiny model, `ldm-serve webhooks`, a webhook receiver that verifies every signature, and
+Debian's Prometheus with docker/prometheus/prometheus.yml rewritten to localhost targets (1 s
+scrape and rule evaluation, static targets instead of DNS discovery) and the project's rules.yml.
+Runs a few jobs (each with a webhook, every delivery verified), a cancellation and rejected
+requests, then sends every PromQL expression of the Grafana dashboard and of rules.yml to
+Prometheus' HTTP API and requires each to return at least one finite sample. Alert expressions are
+evaluated with their comparisons turned into `bool` comparisons, so the test asks "does every
+signal the alert compares exist", not "is the alert firing". Last, the worker must stop with exit 0
+and Redis' ACL LOG must be empty.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -162,6 +165,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
     if missing:
         pytest.fail(f"{missing} not installed (apt-get install redis-server prometheus)")
     pytest.importorskip("diffusers", reason="the tiny test model is built with diffusers")
+    pytest.importorskip("standardwebhooks", reason="the webhook receiver verifies with it")
     from testkit.tiny_models import build_tiny_sd
 
     workdir = tmp_path_factory.mktemp("deploy-e2e")
@@ -172,6 +176,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
         "ldm-worker": free_port(),
         "ldm-webhooks": free_port(),
         "prometheus": free_port(),
+        "receiver": free_port(),
     }
     redis_url = f"redis://ldm:{REDIS_PASSWORD}@127.0.0.1:{ports['redis']}/0"
     acl = ACL_EXAMPLE.read_text().replace("CHANGE-ME-LONG-RANDOM", REDIS_PASSWORD)
@@ -202,6 +207,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
             "LDM_METRICS_PORT": str(ports["ldm-worker"]),
             "LDM_SHUTDOWN_GRACE": "5",
             "OMP_NUM_THREADS": "1",
+            # The receiver listens on loopback, which the SSRF rule refuses unless allowed.
+            "LDM_WEBHOOK_ALLOW": "127.0.0.0/8",
         }
         cli = [sys.executable, "-m", "cli.main"]
         stack.start(
@@ -241,7 +248,8 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
         targets = response.json()["data"]["activeTargets"]
         return len(targets) == 4 and all(t["health"] == "up" for t in targets)
 
-    wait_until(targets_up, 120, processes, "every scrape target up (API, worker, Prometheus)")
+    what = "every scrape target up (API, worker, deliverer, Prometheus)"
+    wait_until(targets_up, 120, processes, what)
     # The worker has registered with rq once the API's gauge says so.
     wait_until(
         lambda: finite(query(prometheus, "ldm_workers_alive > 0")), 60, processes, "a live worker"
@@ -255,6 +263,19 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
         headers={"Authorization": f"Bearer {API_KEY}"},
         timeout=10,
     )
+    # Every job reports to a receiver that verifies the signatures with this key's secret.
+    secret = api.get("/v1/webhooks/secret").json()["secret"]
+    receiver_log = processes.workdir / "receiver.jsonl"
+    receiver_port = processes.ports["receiver"]
+    processes.start(
+        "receiver",
+        [sys.executable, "-m", "tests.webhook_receiver", "--port", str(receiver_port)]
+        + ["--secret", secret, "--log", str(receiver_log)],
+        {**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    wait_for_port(receiver_port)
+    webhook = {"url": f"http://127.0.0.1:{receiver_port}/hook",
+               "events": ["completed", "failed", "canceled"]}  # fmt: skip
     job_ids = []
     for index in range(6):
         body = {
@@ -264,12 +285,15 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
             "steps": 4 + index,
             "num_images": 1 + index % 2,
             "seed": index,
+            "webhook": webhook,
         }
         response = api.post("/v1/txt2img", json=body)
         assert response.status_code == 202, response.text
         job_ids.append(response.json()["id"])
     # One job canceled right after submission (outcome `canceled`, unless it already finished).
-    canceled = api.post("/v1/txt2img", json={"prompt": "a blue square", "steps": 40})
+    canceled = api.post(
+        "/v1/txt2img", json={"prompt": "a blue square", "steps": 40, "webhook": webhook}
+    )
     assert canceled.status_code == 202, canceled.text
     assert api.delete(f"/v1/jobs/{canceled.json()['id']}").status_code in (200, 202)
     # Rejections: one invalid request (422 validation), one without a key (401 unauthorized).
@@ -293,11 +317,25 @@ def prometheus_with_data(stack: tuple[Stack, str]) -> str:
     for job_id in job_ids:  # fetch the images too, like a client would
         for url in api.get(f"/v1/jobs/{job_id}").json()["images"]:
             assert api.get(url).status_code == 200
+
+    def all_delivered() -> bool:
+        states = [(api.get(f"/v1/jobs/{job_id}").json()["webhook"]["delivery"] or {}).get("state")
+                  for job_id in [*job_ids, canceled.json()["id"]]]  # fmt: skip
+        assert "failed" not in states, states
+        return all(state == "delivered" for state in states)
+
+    wait_until(all_delivered, 60, processes, "every job's webhook to be delivered")
     api.close()
+    received = [json.loads(line) for line in receiver_log.read_text().splitlines()]
+    assert len({entry["id"] for entry in received}) == len(job_ids) + 1
+    assert all(entry["verified"] for entry in received), received
 
     def recorded() -> bool:
-        expr = 'model:ldm_worker_job_duration_seconds:quantile_rate5m{quantile="0.99"}'
-        return finite(query(prometheus, expr))
+        expressions = (
+            'model:ldm_worker_job_duration_seconds:quantile_rate5m{quantile="0.99"}',
+            "job:ldm_webhook_attempt_duration_seconds:p95_rate5m",
+        )
+        return all(finite(query(prometheus, expr)) for expr in expressions)
 
     wait_until(recorded, 60, processes, "recording rules over the finished jobs")
     time.sleep(3)  # a few more scrapes and rule evaluations past the last job

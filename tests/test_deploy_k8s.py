@@ -4,19 +4,24 @@ A small renderer applies each kustomization (`resources`, strategic-merge `patch
 `namespace`); built-in objects are validated against Kubernetes 1.30's OpenAPI schemas
 (kubernetes-validate, strict, offline), the CRDs (KEDA, prometheus-operator) by explicit
 assertions. Then what matters: KEDA watches the list the workers consume, the ConfigMap sets only
-real settings, probes hit real routes and ports, the worker's grace outlasts its drain, Redis is
-fenced and runs with the manifest's own arguments in a real redis-server.
+real settings, probes hit real routes and ports (the webhook deliverer's on the real
+`ldm-serve webhooks` process), the worker's and the deliverer's grace outlasts their drain, Redis
+is fenced and runs with the manifest's own arguments in a real redis-server, and the deliverer may
+reach the internet on 80/443 but no private, link-local or metadata address.
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,10 @@ CRD_REQUIRED = {
     "TriggerAuthentication": ("spec.secretTargetRef.parameter", "spec.secretTargetRef.key"),
     "ServiceMonitor": ("spec.selector", "spec.endpoints.port"),
 }
+# Where the deliverer must never connect: the cluster's and nodes' private ranges, CGNAT, link-local
+# (cloud metadata 169.254.169.254; Alibaba's 100.100.100.200 is CGNAT) and loopback.
+FORBIDDEN_EGRESS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                    "100.64.0.0/10", "127.0.0.0/8")  # fmt: skip
 Obj = dict[str, Any]
 
 
@@ -98,7 +107,8 @@ def one(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
 
 
 def pods(objects: list[Obj]) -> dict[str, Obj]:
-    """Pod templates of the Deployments and StatefulSets, by component (api, worker, redis)."""
+    """Pod templates of the Deployments and StatefulSets, by component (api, worker, webhooks,
+    redis)."""
     kinds = ("Deployment", "StatefulSet")
     templates = [o["spec"]["template"] for o in objects if o["kind"] in kinds]
     return {t["metadata"]["labels"]["app.kubernetes.io/component"]: t for t in templates}
@@ -123,6 +133,7 @@ def matches(selector: Obj, pod_labels: dict[str, str]) -> bool:
 def settings(objects: list[Obj], component: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The real settings class, reading the container's environment: ConfigMaps, then values."""
     from service.settings import ApiSettings
+    from webhooks.settings import DelivererSettings
     from workers.settings import WorkerSettings
 
     box = container(objects, component)
@@ -135,7 +146,46 @@ def settings(objects: list[Obj], component: str, monkeypatch: pytest.MonkeyPatch
             monkeypatch.setenv(name, value)
     for env in (e for e in box.get("env", []) if "value" in e):
         monkeypatch.setenv(env["name"], env["value"])
-    return ApiSettings() if component == "api" else WorkerSettings()
+    classes = {"api": ApiSettings, "worker": WorkerSettings, "webhooks": DelivererSettings}
+    return classes[component]()
+
+
+def env_names(settings_class: Any) -> set[str]:
+    """The env vars one settings class reads (its validation aliases)."""
+    names = set()
+    for field in settings_class.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if hasattr(alias, "choices") else [alias]
+        names |= {choice.upper() for choice in choices if isinstance(choice, str)}
+    return names
+
+
+def egress_allowed(objects: list[Obj], component: str, ip: str, port: int,
+                   protocol: str = "TCP") -> bool:  # fmt: skip
+    """Whether the NetworkPolicies let a component's pods connect to ip:port (ipBlock peers only;
+    a pod or namespace selector never matches a bare address). Policies add up: one rule of one
+    policy selecting the pod is enough; no Egress policy selecting it allows everything."""
+    pod_labels, address = labels(objects, component), ipaddress.ip_address(ip)
+    policies = [p["spec"] for p in objects if p["kind"] == "NetworkPolicy"
+                and "Egress" in p["spec"]["policyTypes"]
+                and matches(p["spec"]["podSelector"], pod_labels)]  # fmt: skip
+    if not policies:
+        return True
+    for rule in (rule for policy in policies for rule in policy.get("egress", [])):
+        ports = rule.get("ports")
+        if ports and not any(
+            q.get("protocol", "TCP") == protocol and q.get("port") in (None, port) for q in ports
+        ):
+            continue
+        peers = rule.get("to")
+        if not peers:
+            return True
+        for peer in (p["ipBlock"] for p in peers if "ipBlock" in p):
+            if address in ipaddress.ip_network(peer["cidr"]) and not any(
+                address in ipaddress.ip_network(cut) for cut in peer.get("except", [])
+            ):
+                return True
+    return False
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -208,12 +258,32 @@ def test_keda_scales_workers_on_the_queue_they_consume(monkeypatch: pytest.Monke
 @pytest.mark.parametrize("path", DEPLOYABLE)
 def test_config_names_real_settings(path: str) -> None:
     from tests.test_deploy_compose import settings_in_code  # env names the settings read
+    from webhooks.settings import DelivererSettings
 
     objects, names = render(path), settings_in_code()
     assert set(one(objects, "ConfigMap")["data"]) <= names
     for component in ("api", "worker"):
         for env in container(objects, component)["env"]:
             assert env["name"] in names | {"REDIS_PASSWORD", "HOME"}, env["name"]
+    # The deliverer's own variables are all settings it reads (REDIS_PASSWORD only builds the URL).
+    deliverer = {env["name"] for env in container(objects, "webhooks")["env"]}
+    assert deliverer - {"REDIS_PASSWORD"} <= env_names(DelivererSettings)
+    assert {"REDIS_URL", "LDM_WEBHOOK_SECRET"} <= deliverer
+    assert "LDM_WEBHOOK_METRICS_PORT" in one(objects, "ConfigMap")["data"]
+    # API and deliverer must derive the same signing secrets: the same Secret key, or neither.
+    secret_refs = {
+        component: {
+            env["name"]: env["valueFrom"]["secretKeyRef"]
+            for env in container(objects, component)["env"]
+            if "secretKeyRef" in env.get("valueFrom", {})
+        }  # fmt: skip
+        for component in ("api", "webhooks")
+    }
+    assert secret_refs["api"]["LDM_WEBHOOK_SECRET"] == secret_refs["webhooks"]["LDM_WEBHOOK_SECRET"]
+    assert secret_refs["api"]["REDIS_PASSWORD"] == secret_refs["webhooks"]["REDIS_PASSWORD"]
+    api = next(e for e in container(objects, "api")["env"] if e["name"] == "REDIS_URL")
+    hook = next(e for e in container(objects, "webhooks")["env"] if e["name"] == "REDIS_URL")
+    assert api["value"] == hook["value"]
 
 
 @pytest.mark.parametrize("path", DEPLOYABLE)
@@ -255,13 +325,115 @@ def test_probes_scrapes_and_grace_fit_the_code(path: str, monkeypatch: pytest.Mo
     )
 
 
+@pytest.mark.parametrize("path", DEPLOYABLE)
+def test_deliverer_probes_and_scrapes_hit_the_real_deliverer(
+    path: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ldm-serve webhooks` with the manifest's environment (Redis unreachable, as in a pod
+    started before Redis): its metrics server answers every probe and scrape path, on the port
+    the manifest names, on every interface; SIGTERM ends it with 0 within the grace period."""
+    objects = render(path)
+    deliverer = settings(objects, "webhooks", monkeypatch)
+    pod, box = pods(objects)["webhooks"], container(objects, "webhooks")
+    assert box["args"] == ["webhooks"] and box["image"] == container(objects, "api")["image"]
+    probes = [box[p]["httpGet"] for p in ("readinessProbe", "livenessProbe")]
+    ports = {p["name"]: p["containerPort"] for p in box["ports"]}
+    assert {ports[probe["port"]] for probe in probes} == {deliverer.metrics_port} == {9102}
+    assert deliverer.metrics_host in ("0.0.0.0", "::"), "the kubelet probes the pod's address"
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(deliverer.metrics_port)
+    paths = {probe["path"] for probe in probes} | {annotations["prometheus.io/path"]}
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LDM_") and k != "REDIS_URL"}
+    for source in box["envFrom"]:
+        env.update(one(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in box["env"] if "value" in e})
+    assert env["LDM_WEBHOOK_METRICS_PORT"] == str(deliverer.metrics_port)
+    local = free_port()
+    env.update({"REDIS_URL": f"redis://:pw@127.0.0.1:{free_port()}/0",  # nothing listens there
+                "LDM_WEBHOOK_METRICS_PORT": str(local), "LDM_WEBHOOK_METRICS_HOST": "127.0.0.1",
+                "PYTHONPATH": str(REPO)})  # fmt: skip
+    log = tmp_path / "deliverer.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", "webhooks"], cwd=REPO,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for_port(local, timeout=30)
+        for p in paths:
+            with urllib.request.urlopen(f"http://127.0.0.1:{local}{p}", timeout=5) as answer:
+                assert answer.status == 200
+        deadline = time.monotonic() + 30  # the server starts before the deliverer's metrics
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{local}/metrics", timeout=5) as answer:
+                if b"ldm_webhook_outbox_messages" in answer.read():
+                    break
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        started = time.monotonic()
+        process.terminate()
+        assert process.wait(timeout=30) == 0, log.read_text()
+        assert time.monotonic() - started < pod["spec"]["terminationGracePeriodSeconds"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # SIGTERM waits up to timeout_s + 5 for the attempts under way; SIGKILL must come later.
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= deliverer.timeout_s + 5 + 10
+
+
+@pytest.mark.parametrize("path", DEPLOYABLE)
+def test_deliverer_reaches_the_internet_but_nothing_internal(path: str) -> None:
+    objects = render(path)
+    for cidr in FORBIDDEN_EGRESS:  # never reachable on any port but DNS's
+        network = ipaddress.ip_network(cidr)
+        for inside in (network[1], network[-2], network[network.num_addresses // 2]):
+            for port in (80, 443, 6379, 8000, 9101, 9102):
+                assert not egress_allowed(objects, "webhooks", str(inside), port), (inside, port)
+    for ip in ("169.254.169.254", "100.100.100.200", "10.96.0.1", "172.17.0.1", "127.0.0.1"):
+        assert not egress_allowed(objects, "webhooks", ip, 80)
+        assert not egress_allowed(objects, "webhooks", ip, 443)
+    for ip in ("93.184.215.14", "1.1.1.1", "8.8.8.8", "203.0.114.7"):  # receivers
+        assert egress_allowed(objects, "webhooks", ip, 443)
+        assert egress_allowed(objects, "webhooks", ip, 80)
+        assert not egress_allowed(objects, "webhooks", ip, 22)
+        assert not egress_allowed(objects, "webhooks", ip, 6379)
+        assert not egress_allowed(objects, "webhooks", ip, 443, "UDP")
+        for component in ("api", "worker"):  # the deliverer's opening is its own
+            assert not egress_allowed(objects, component, ip, 443)
+    assert egress_allowed(objects, "webhooks", "10.96.0.10", 53, "UDP")  # cluster DNS
+    policies = [p["spec"] for p in objects if p["kind"] == "NetworkPolicy"
+                and matches(p["spec"]["podSelector"], labels(objects, "webhooks"))]  # fmt: skip
+    for rule in (r for p in policies for r in p.get("egress", [])):
+        for peer in rule.get("to", []):
+            if "ipBlock" in peer:  # the API server refuses an `except` outside its cidr
+                block = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                cuts = [ipaddress.ip_network(c) for c in peer["ipBlock"].get("except", [])]
+                assert all(cut.subnet_of(block) and cut != block for cut in cuts)  # type: ignore[arg-type]
+                assert all(any(ipaddress.ip_network(f).subnet_of(cut) for cut in cuts)  # type: ignore[arg-type]
+                           for f in FORBIDDEN_EGRESS)  # fmt: skip
+            else:  # the only pods it may reach: Redis, on its port
+                assert "namespaceSelector" not in peer
+                reached = {c for c in pods(objects)
+                           if matches(peer["podSelector"], labels(objects, c))}  # fmt: skip
+                assert reached == {"redis"}
+                assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    # Nothing may connect to it but Prometheus, on its metrics port.
+    ingress = [r for p in policies if "Ingress" in p["policyTypes"] for r in p["ingress"]]
+    monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert ingress and all(rule["from"] == [{"namespaceSelector": monitoring}] for rule in ingress)
+    assert all(rule["ports"] == [{"protocol": "TCP", "port": 9102}] for rule in ingress)
+
+
 def test_gpu_overlay_alone_requests_a_gpu_and_images_match_compose() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     for path, worker_service in (("overlays/cpu", "worker"), ("overlays/gpu", "worker-gpu")):
         objects = render(path)
         images = {c: container(objects, c)["image"] for c in pods(objects)}
         assert images == {"api": compose["api"]["image"], "redis": compose["redis"]["image"],
-                          "worker": compose[worker_service]["image"]}  # fmt: skip
+                          "worker": compose[worker_service]["image"],
+                          "webhooks": compose["webhooks"]["image"]}  # fmt: skip
+        assert container(objects, "webhooks")["args"] == compose["webhooks"]["command"]
         resources = container(objects, "worker")["resources"]
         gpus = {kind: resources[kind].get("nvidia.com/gpu") for kind in ("requests", "limits")}
         if path == "overlays/gpu":
@@ -297,7 +469,7 @@ def test_pods_are_locked_down_and_secrets_are_placeholders(path: str) -> None:
 
 
 @pytest.mark.parametrize("path", DEPLOYABLE)
-def test_only_api_and_workers_reach_redis(path: str) -> None:
+def test_only_api_workers_and_deliverer_reach_redis(path: str) -> None:
     objects = render(path)
     redis_labels = labels(objects, "redis")
     fences = [p["spec"] for p in objects if p["kind"] == "NetworkPolicy"
@@ -314,13 +486,14 @@ def test_only_api_and_workers_reach_redis(path: str) -> None:
             assert peer["podSelector"]["matchLabels"] == {"app": "keda-operator"}
             continue
         allowed |= {c for c in pods(objects) if matches(peer["podSelector"], labels(objects, c))}
-    assert allowed == {"api", "worker"}
+    assert allowed == {"api", "worker", "webhooks"}
 
 
 def test_service_monitors_scrape_the_jobs_the_rules_use() -> None:
     objects = render("overlays/gpu") + render("monitoring")
     prometheus = yaml.safe_load((REPO / "docker/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    monitored = set()
     for monitor in (o for o in objects if o["kind"] == "ServiceMonitor"):
         spec = monitor["spec"]
         (service,) = [s for s in objects if s["kind"] == "Service"
@@ -331,6 +504,14 @@ def test_service_monitors_scrape_the_jobs_the_rules_use() -> None:
         assert all(e["path"] == "/metrics" for e in spec["endpoints"])
         component = service["spec"]["selector"]["app.kubernetes.io/component"]
         assert matches({"matchLabels": service["spec"]["selector"]}, labels(objects, component))
+        numbers = {p["name"]: str(p["port"]) for p in service["spec"]["ports"]}
+        annotations = pods(objects)[component]["metadata"]["annotations"]
+        assert {numbers[e["port"]] for e in spec["endpoints"]} == {
+            annotations["prometheus.io/port"]
+        }
+        monitored.add(service["metadata"]["labels"][spec["jobLabel"]])
+    # Every scrape job of prometheus.yml but Prometheus' own has its ServiceMonitor.
+    assert monitored == jobs - {"prometheus"} == {"ldm-api", "ldm-worker", "ldm-webhooks"}
 
 
 @pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")

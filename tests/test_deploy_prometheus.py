@@ -2,7 +2,8 @@
 
 `promtool check config`, `promtool check rules` and `promtool test rules` (Debian's prometheus
 package) must pass; every alert carries `for`, a severity and annotations and has a firing and a
-quiet case in rules_test.yml; every metric the rules read is one docs/architecture.md defines.
+quiet case in rules_test.yml; every metric the rules read is one docs/architecture.md defines, and
+every webhook series one the deliverer (webhooks/metrics.py) really exports.
 """
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ def series_names(expr: str) -> set[str]:
     return tokens - PROMQL_FUNCTIONS - labels
 
 
+def deliverer_series() -> set[str]:
+    """Every sample name the webhook deliverer's metrics export (webhooks/metrics.py), from a
+    fresh registry: counters with _total, histograms with _bucket/_sum/_count, gauges."""
+    from prometheus_client import CollectorRegistry
+
+    from webhooks.metrics import DelivererMetrics
+
+    registry = CollectorRegistry()
+    DelivererMetrics(registry)
+    return {sample.name for family in registry.collect() for sample in family.samples}
+
+
 def documented_metrics() -> set[str]:
     """Metric names in docs/architecture.md, section "Metrics"."""
     text = (REPO / "docs" / "architecture.md").read_text()
@@ -121,6 +134,10 @@ def test_the_required_alerts_exist() -> None:
         "LdmJobLatencyP95High",
         "LdmRedisMemoryNearMax",
         "LdmWorkerRestarting",
+        "LdmWebhookDelivererDown",
+        "LdmWebhookOutboxBacklogGrowing",
+        "LdmWebhookDeliveryLagging",
+        "LdmWebhookFailureRatioHigh",
     }
     assert required <= names
 
@@ -153,3 +170,16 @@ def test_scrape_jobs_match_the_alerts() -> None:
         referenced |= set(re.findall(r'job="([^"]+)"', expr))
     assert referenced <= jobs
     assert config["rule_files"] == ["rules.yml"]
+
+
+def test_webhook_rules_read_the_deliverers_real_series() -> None:
+    """Rules read only series the deliverer exports, and every one of its metrics is watched."""
+    exported, read = deliverer_series(), set()
+    for name, expr in rule_expressions():
+        webhook = {s for s in series_names(expr) if s.startswith("ldm_webhook_")}
+        assert webhook <= exported, f"{name} reads {sorted(webhook - exported)}"
+        read |= webhook
+    families = {re.sub(r"_(bucket|sum|count|created)$", "", s) for s in exported}
+    unread = {f for f in families if not any(s.startswith(f) for s in read)}
+    assert not unread, f"deliverer metrics no rule reads: {sorted(unread)}"
+    assert 'up{job="ldm-webhooks"}' in " ".join(expr for _, expr in rule_expressions())
