@@ -86,6 +86,7 @@ def test_generate_rejects_what_the_api_would_in_one_line(argv: list[str], messag
     assert result.stderr == f"ldm-serve generate: error: {message}\n"
 
 
+@pytest.mark.slow  # seconds of real processes or files: full tier
 def test_generate_prints_the_shipped_models_warnings(tmp_path: Path) -> None:
     out = tmp_path / "cat.png"
     result = ldm_serve("generate", "--prompt", "a cat", "--steps", "2", "--out", str(out))

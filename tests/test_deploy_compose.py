@@ -408,6 +408,7 @@ def test_grafana_admin_password_comes_from_env_and_anonymous_access_is_off(
     assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
 
 
+@pytest.mark.slow  # seconds of real processes or files: full tier
 def test_redis_healthcheck_and_clients_work_against_the_compose_redis(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -105,6 +105,7 @@ def test_single_file_from_convert_matches_diffusers_from_single_file(
     assert np.array_equal(images(load_pipeline(back)), images(load_pipeline(tiny)))
 
 
+@pytest.mark.slow  # seconds of real processes or files: full tier
 def test_single_file_without_metadata_needs_a_config_folder(tiny: Path, tmp_path: Path) -> None:
     single = tmp_path / "plain.safetensors"
     convert(str(tiny), str(tmp_path / "meta.safetensors"), "--dtype", "float32")
@@ -132,6 +133,7 @@ def test_wrong_shapes_name_the_key(tiny: Path, tmp_path: Path) -> None:
         load_pipeline(bad)
 
 
+@pytest.mark.slow  # seconds of real processes or files: full tier
 def test_missing_and_truncated_files_are_clear(tmp_path: Path, tiny: Path) -> None:
     with pytest.raises(CheckpointError, match="not a diffusers folder or a checkpoint"):
         load_pipeline(tmp_path / "nowhere")

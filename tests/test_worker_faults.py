@@ -121,6 +121,7 @@ def test_cancel_queued_never_runs_and_cancel_running_stops(
     assert done(store, submit(store, "after cancel")).status.value == "succeeded"
 
 
+@pytest.mark.slow  # seconds of real processes or files: full tier
 def test_timeout_fails_the_job_and_the_next_succeeds(
     store: JobStore, worker: WorkerProcess
 ) -> None:

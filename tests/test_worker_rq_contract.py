@@ -132,6 +132,7 @@ def test_validate_refuses_other_functions(redis: Redis) -> None:
         b.validate(claim)
 
 
+@pytest.mark.slow  # seconds of real processes or files: full tier
 def test_dead_worker_job_requeued_once_then_failed_abandoned(redis: Redis) -> None:
     job = enqueue(redis)
     dead = bridge(redis, ttl=2)
