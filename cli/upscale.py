@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,20 +11,28 @@ from jobs.schema import MAX_NOISE_LEVEL, Sampler
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from jobs.images import as_init_image, decode, fit, job_size
+    from jobs.images import BadImage, as_init_image, decode, fit, job_size
     from model.devices import DTYPES, resolve_device
     from model.engine import BatchEngine
     from model.pipeline import load_pipeline
     from model.txt2img import run, specs_for
 
-    if not 0 <= args.noise_level <= MAX_NOISE_LEVEL:
-        raise SystemExit(f"--noise-level must be in [0, {MAX_NOISE_LEVEL}]")
-    image = as_init_image(decode(Path(args.image).read_bytes(), max_pixels=1 << 26))
+    problem = invalid_options(args)
+    if problem:
+        print(f"ldm-serve upscale: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        image = as_init_image(decode(Path(args.image).read_bytes(), max_pixels=1 << 26))
+    except (OSError, BadImage) as exc:
+        print(f"ldm-serve upscale: error: --image {args.image}: {exc}", file=sys.stderr)
+        return 2
     low = fit(image, job_size(image, None, None))  # rounded down to a multiple of 8
     started = time.perf_counter()
     pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype])
-    if pipe.upscaler is None:
-        raise SystemExit(f"{args.model} is not an upscaler model (tasks: {', '.join(pipe.tasks)})")
+    if "upscale" not in pipe.tasks:
+        print(f"ldm-serve upscale: error: --model {args.model} is not an upscaler (it runs: "
+              f"{', '.join(pipe.tasks)})", file=sys.stderr)  # fmt: skip
+        return 2
     f = pipe.downsampling_factor
     n = args.num_images
     specs = specs_for(
@@ -46,6 +55,30 @@ def run_upscale(args: argparse.Namespace) -> int:
           f"{images[0].width}x{images[0].height} ({n} image(s)) in {done - loaded:.2f}s, "
           f"{(done - loaded) / megapixels:.2f}s per output megapixel")  # fmt: skip
     return 0
+
+
+def invalid_options(args: argparse.Namespace) -> str | None:
+    """Options outside the API's bounds for an upscale job (as its 422s word them), or a model
+    path that names nothing; None when all fit."""
+    from pydantic import ValidationError
+
+    from jobs.image_requests import UpscaleRequest
+
+    if not Path(args.model).exists():
+        return f"--model {args.model}: no such file or directory"
+    values = {"image": "unused", "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+              "steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
+              "num_images": args.num_images, "noise_level": args.noise_level}  # fmt: skip
+    try:
+        UpscaleRequest(**values)
+    except ValidationError as exc:
+        options = {"guidance_scale": "--guidance"}
+        return "; ".join(
+            f"{options.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))} "
+            f"{e['input']}: {e['msg']}"
+            for e in exc.errors()
+        )
+    return None
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

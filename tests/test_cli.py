@@ -86,6 +86,32 @@ def test_generate_rejects_what_the_api_would_in_one_line(argv: list[str], messag
     assert result.stderr == f"ldm-serve generate: error: {message}\n"
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--noise-level", "351"], "--noise-level 351: Input should be less than or equal to 350"),
+        (["--model", "/nonexistent"], "--model /nonexistent: no such file or directory"),
+        pytest.param(
+            ["--steps", "0"],
+            "--steps 0: Input should be greater than or equal to 1",
+            marks=pytest.mark.slow,
+        ),
+        (
+            ["--image", "/nonexistent.png"],
+            "--image /nonexistent.png: [Errno 2] No such file or directory: '/nonexistent.png'",
+        ),  # fmt: skip
+        ([], "--model models/default is not an upscaler (it runs: txt2img, img2img, inpaint)"),
+    ],
+)
+def test_upscale_rejects_bad_options_in_one_line(argv: list[str], message: str) -> None:
+    image = str(REPO / "docs" / "playground.png")
+    result = ldm_serve("upscale", "--model", "models/default", "--image", image, "--out",
+                       "x.png", *argv)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == f"ldm-serve upscale: error: {message}"
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.slow  # seconds of real processes or files: full tier
 def test_generate_prints_the_shipped_models_warnings(tmp_path: Path) -> None:
     out = tmp_path / "cat.png"
