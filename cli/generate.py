@@ -44,8 +44,17 @@ def run_generate(args: argparse.Namespace) -> int:
         persist_cache(Path.home() / ".cache" / "ldm-serve" / "inductor")
         pipe.compile()
     loaded = time.perf_counter()
-    for warning in advice(args, pipe.components.tokenizer):
-        print(f"warning: {warning}", file=sys.stderr)
+    if not pipe.text_conditioned:  # unconditional (or LDM-SR) models read no prompt
+        if args.prompt or args.negative_prompt:
+            print("warning: this model reads no prompt: ignored", file=sys.stderr)
+        args.prompt = ""
+    elif args.prompt is None:
+        print(f"ldm-serve generate: error: --prompt is required: {args.model} runs "
+              f"{', '.join(pipe.tasks)}", file=sys.stderr)  # fmt: skip
+        return 2
+    else:
+        for warning in advice(args, pipe.components.tokenizer):
+            print(f"warning: {warning}", file=sys.stderr)
     n = args.num_images
     specs = specs_for(
         [args.prompt] * n, [args.negative_prompt] * n, [args.seed + i for i in range(n)],
@@ -84,6 +93,8 @@ def invalid_options(args: argparse.Namespace) -> str | None:
               "num_images", "seed", "eta")  # fmt: skip
     values = {name: getattr(args, "guidance" if name == "guidance_scale" else name)
               for name in fields}  # fmt: skip
+    if values["prompt"] is None:  # none given: allowed for models without text (checked on load)
+        values["prompt"] = "-"
     try:
         request_model(LIMITS)(**values)
     except ValidationError as exc:
@@ -166,7 +177,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     gen.add_argument(
         "--config", default=None, help="diffusers folder with configs/tokenizer (single files)"
     )
-    gen.add_argument("--prompt", required=True, help="what to draw")
+    gen.add_argument(
+        "--prompt", default=None, help="what to draw (required unless the model is unconditional)"
+    )
     gen.add_argument("--negative-prompt", default="", help="what not to draw")
     gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     gen.add_argument("--steps", type=int, default=25, help="denoising steps")

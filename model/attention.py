@@ -1,6 +1,9 @@
-"""Cross-attention conditioning: the SpatialTransformer of Rombach et al. (2022), Sec. 3.3.
+"""Attention in the UNet: the SpatialTransformer of Rombach et al. (2022), Sec. 3.3 (cross-attention
+conditioning), and the plain self-attention block of models without text (unconditional and
+concat-conditioned LDMs).
 
-Module names mirror CompVis `ldm/modules/attention.py` so checkpoints load by prefix.
+Module names mirror CompVis `ldm/modules/attention.py` and `openaimodel.py` so checkpoints load by
+prefix.
 """
 
 from __future__ import annotations
@@ -141,3 +144,28 @@ class SpatialTransformer(nn.Module):
         if not self.use_linear:
             x = self.proj_out(x)
         return x + residual
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the (h w) pixels of a feature map, with a residual
+    (CompVis `openaimodel.AttentionBlock`; diffusers' UNet2DModel attention).
+
+    `qkv` is CompVis's fused 1x1 projection in its legacy layout: rows grouped per head, each
+    head's [q; k; v] (`QKVAttentionLegacy`)."""
+
+    def __init__(self, channels: int, heads: int, norm_groups: int = 32) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels not divisible by {heads} heads")
+        self.heads = heads
+        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        qkv = self.qkv(self.norm(x).reshape(batch, channels, height * width))  # (B, 3C, T)
+        q, k, v = rearrange(qkv, "b (h three d) t -> three b h t d", h=self.heads, three=3)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, T, d)
+        out = self.proj_out(rearrange(out, "b h t d -> b (h d) t"))  # (B, C, T)
+        return x + out.reshape(batch, channels, height, width)

@@ -12,18 +12,20 @@ from model.ldm_bert import LDMBert
 from model.noise_augmentation import NoiseAugmentation
 from model.sampling.schedule import ScheduleConfig
 from model.unet import UNet
+from model.vq import VQAutoencoder
 
 
 @dataclass
 class Components:
-    """UNet, autoencoder, text encoder, tokenizer and the training noise schedule; upscalers
-    (a low-res image concatenated to the latent) also have the low-res input's augmentation.
-    The text encoder is CLIP's (Stable Diffusion) or LDMBert (the paper's LDM-KL-8-G)."""
+    """UNet, autoencoder, text encoder, tokenizer and the training noise schedule; the x4
+    upscaler (a low-res image concatenated to the latent) also has the low-res input's
+    augmentation. The text encoder is CLIP's (Stable Diffusion), LDMBert (the paper's LDM-KL-8-G)
+    or none (the paper's unconditional and super-resolution models, with a VQ autoencoder)."""
 
     unet: UNet
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel | LDMBert
-    tokenizer: CLIPTokenizer | BertTokenizer
+    vae: AutoencoderKL | VQAutoencoder
+    text_encoder: CLIPTextModel | LDMBert | None
+    tokenizer: CLIPTokenizer | BertTokenizer | None
     schedule: ScheduleConfig
     upscaler: NoiseAugmentation | None = None
 
@@ -32,5 +34,6 @@ class Components:
         self.unet.to(device=device, dtype=dtype)
         vae_dtype = torch.float32 if dtype == torch.float16 else dtype
         self.vae.to(device=device, dtype=vae_dtype)
-        self.text_encoder.to(device=device, dtype=dtype)
+        if self.text_encoder is not None:
+            self.text_encoder.to(device=device, dtype=dtype)
         return self

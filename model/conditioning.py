@@ -88,3 +88,22 @@ class TextConditioner:
         """(cond, uncond) contexts with the same number of chunks."""
         n = max(len(self.chunks(prompt)), len(self.chunks(negative_prompt)))
         return self.encode(prompt, n), self.encode(negative_prompt, n)
+
+
+class NoConditioner:
+    """The conditioner of models that read no text (the paper's unconditional and super-resolution
+    models): every prompt is the empty context (1, 0, 0), which the UNet never reads."""
+
+    context_dim = 0
+
+    def __init__(self, device: torch.device) -> None:
+        self.empty = torch.zeros(1, 0, 0, device=device)  # (1, 0, 0)
+
+    def token_count(self, prompt: str) -> int:
+        return 0
+
+    def encode(self, prompt: str, min_chunks: int = 1) -> torch.Tensor:
+        return self.empty
+
+    def encode_pair(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.empty, self.empty

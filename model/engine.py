@@ -26,7 +26,8 @@ from model.sampling.trajectory import Trajectory
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """Everything that determines one image."""
+    """Everything that determines one image; models without text (unconditional, LDM-SR) read
+    neither the prompts nor the guidance scale."""
 
     prompt: str
     negative_prompt: str = ""
@@ -47,8 +48,9 @@ class SampleSpec:
     # Inpainting: paste the init image's unmasked pixels over the decoded result (A1111's
     # overlay), so the kept area is exact instead of a VAE round trip; diffusers does not.
     keep_unmasked: bool = False
-    # Upscaling (x4 upscaler models): the low-res input, width x height / f x f, noise-augmented
-    # to `noise_level` (a training step of its own schedule) before it conditions the UNet.
+    # Upscaling: the low-res input, width x height / f x f. The x4 upscaler noise-augments it to
+    # `noise_level` (a training step of its own schedule) before it conditions the UNet; LDM-SR
+    # reads it as is.
     low_res_image: Image.Image | None = field(default=None, compare=False)
     noise_level: int = 20
 
@@ -84,6 +86,11 @@ class Sample:
     @property
     def done(self) -> bool:
         return self.trajectory.done
+
+    @property
+    def guidance_scale(self) -> float:
+        """The scale guidance applies: 1 (none) for a sample without an unconditional row."""
+        return self.spec.guidance_scale if self.uncond is not None else 1.0
 
     @property
     def latent(self) -> torch.Tensor | None:
@@ -139,7 +146,7 @@ class BatchEngine:
             raise ValueError(f"init image is {spec.init_image.size}, expected {size}")
         if spec.mask_image is not None and spec.init_image is None:
             raise ValueError("a mask needs an init image")
-        if p.upscaler is not None or spec.low_res_image is not None:
+        if "upscale" in p.tasks or spec.low_res_image is not None:
             low = spec.low_res_image
             if low is not None and (low.width * f, low.height * f) != size:
                 raise ValueError(f"low-res image is {low.size}, expected {f}x smaller than {size}")
@@ -148,7 +155,7 @@ class BatchEngine:
             start = starting_point(p, grid, noise, generator, spec.init_image, spec.mask_image,
                                    full_strength=spec.strength >= 1.0)  # fmt: skip
 
-        if spec.guidance_scale > 1.0:
+        if spec.guidance_scale > 1.0 and p.text_conditioned:
             cond, uncond = p.conditioner.encode_pair(spec.prompt, spec.negative_prompt)
         else:
             cond, uncond = p.conditioner.encode(spec.prompt), None
@@ -204,7 +211,7 @@ class BatchEngine:
                 for s, (_, sigma_i) in zip(group, pending, strict=True)
             ]
         )  # (B,) each sample's own grid timestep
-        scale = torch.tensor([s.spec.guidance_scale for s in group])  # (B,)
+        scale = torch.tensor([s.guidance_scale for s in group])  # (B,)
         context = torch.cat([s.cond for s in group])  # (B, L, D)
         uncond_context = torch.cat(
             [context[:0], *(s.uncond for s in group if s.uncond is not None)]

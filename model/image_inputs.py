@@ -6,13 +6,14 @@
   latent-size mask and the masked image's latent, concatenated to its input on every call.
 - inpainting with any other model: after every step the known region is re-imposed, noised to the
   next step's level, and the final latent takes z0 there (diffusers' 4-channel inpainting).
-- super-resolution (the SD x4 upscaler; LDM Sec. 4.4): the low-res image, noise-augmented to
-  `noise_level`, is concatenated to the latent on every call and the level is the class label.
+- super-resolution (LDM Sec. 4.4): the low-res image is concatenated to the latent on every call;
+  the SD x4 upscaler first noise-augments it to `noise_level`, which is also its class label.
 
 Random draws follow diffusers' pipelines, all from the sample's own generator: the init image's
 posterior (when encoded), the noise, then the masked image's posterior (inpainting, drawn even
 when a 4-channel model does not use it, so later draws line up); for upscaling the low-res
-image's augmentation noise, then the latent's noise (diffusers' StableDiffusionUpscalePipeline).
+image's augmentation noise, then the latent's noise (diffusers' StableDiffusionUpscalePipeline;
+LDMSuperResolutionPipeline draws the latent's noise alone).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def starting_point(
     full_strength: bool,
 ) -> StartingPoint:
     """The initial latent of one sample and, for inpainting, its mask inputs."""
+    if not pipeline.text_conditioned and (init_image is not None or mask_image is not None):
+        raise ValueError(f"this model runs {', '.join(pipeline.tasks)}: no init image or mask")
     concat_channels = pipeline.concat_channels
     if concat_channels and mask_image is None:
         raise ValueError("this is an inpainting model: it needs an init image and a mask")
@@ -96,14 +99,17 @@ def upscale_start(
     low_res: Image.Image | None,
     noise_level: int,
 ) -> StartingPoint:
-    """Pure noise, with the noise-augmented low-res image (1, 3, h, w) as concatenated channels
-    and its noise level as the class label (diffusers' x4 upscaler)."""
-    augment = pipeline.upscaler
-    if augment is None:
+    """Pure noise, with the low-res image (1, 3, h, w) as concatenated channels: as is for LDM-SR
+    (diffusers' LDMSuperResolutionPipeline), noise-augmented with its noise level as the class
+    label for the x4 upscaler (StableDiffusionUpscalePipeline)."""
+    if "upscale" not in pipeline.tasks:
         raise ValueError("this model is not an upscaler")
     if low_res is None:
         raise ValueError("this is an upscaling model: it needs a low-resolution image")
     pixels = to_pixels(low_res)  # (1, 3, h, w) in [-1, 1]
+    augment = pipeline.upscaler
+    if augment is None:  # LDM-SR: no augmentation, no label
+        return StartingPoint(noise() * grid.init_noise_scale, concat=pixels.to(pipeline.device))
     augmentation_noise = torch.randn(pixels.shape, generator=generator, dtype=torch.float32)
     concat = augment(pixels, augmentation_noise, noise_level).to(pipeline.device)  # (1, 3, h, w)
     x = noise() * grid.init_noise_scale  # (1, C, h, w): drawn after the augmentation noise

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.autoencoder import AutoencoderKL
 from model.compiled import bucket_rows, compile_call, pad_rows
 from model.components import Components
-from model.conditioning import TextConditioner
+from model.conditioning import NoConditioner, TextConditioner
 from model.errors import NonFiniteOutput
 from model.ldm_bert import BertConditioner, LDMBert
 from model.noise_augmentation import NoiseAugmentation
@@ -37,11 +38,12 @@ class Pipeline:
         self.dtype = dtype
         self.components = components.to(self.device, dtype)
         for module in (components.unet, components.vae, components.text_encoder):
-            module.eval().requires_grad_(False)
+            if module is not None:
+                module.eval().requires_grad_(False)
         if self.device.type == "cpu":  # oneDNN's blocked conv kernels: measured faster on CPU
             components.unet.to(memory_format=torch.channels_last)
             components.vae.to(memory_format=torch.channels_last)
-        self.conditioner = text_conditioner(components, clip_skip)
+        self.conditioner = text_conditioner(components, clip_skip, self.device)
         self.tile_latents = 96  # decode larger latents (> 768 px at f=8) in tiles to bound memory
         # Decode this many images at a time: the fp32 VAE's activations dominate peak memory (an
         # H100 run of 4 SD images peaked 2.4x above diffusers' before; docs/benchmarks.md).
@@ -62,7 +64,7 @@ class Pipeline:
         decoder at `width` x `height`, so the first requests of that size wait for nothing."""
         f, c = self.downsampling_factor, self.components.unet.config.in_channels
         context = self.conditioner.encode("")  # (1, L, D)
-        rows = (1 + guided) * max_images
+        rows = (1 + (guided and self.text_conditioned)) * max_images
         buckets = sorted({bucket_rows(n) for n in range(1, rows + 1)})
         with torch.inference_mode():
             for n in buckets:
@@ -95,6 +97,11 @@ class Pipeline:
         """The low-res input's noise augmentation of an upscaler (x4 layout), else None."""
         return self.components.upscaler
 
+    @property
+    def text_conditioned(self) -> bool:
+        """Whether the model reads a prompt (False: LDM's unconditional and super-resolution)."""
+        return self.components.text_encoder is not None
+
     def class_labels(self, n: int) -> torch.Tensor | None:
         """Placeholder labels (n,) for a class-conditional UNet's warm-up, else None."""
         if self.components.unet.config.num_classes is None:
@@ -103,10 +110,14 @@ class Pipeline:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        """What this model can do: upscalers upscale (output = f x the input image), inpainting
-        models inpaint, text-to-image models do text-to-image, SDEdit and masked repainting."""
-        if self.upscaler is not None:
+        """What this model can do: upscalers upscale (output = f x the input image; the x4
+        upscaler, or a model without text whose UNet also reads an image: LDM-SR), unconditional
+        models sample, inpainting models inpaint, text-to-image models do text-to-image, SDEdit
+        and masked repainting."""
+        if self.upscaler is not None or (self.concat_channels and not self.text_conditioned):
             return ("upscale",)
+        if not self.text_conditioned:
+            return ("unconditional",)
         return ("inpaint",) if self.concat_channels else ("txt2img", "img2img", "inpaint")
 
     @property
@@ -137,6 +148,8 @@ class Pipeline:
         """Pixels (1, 3, H, W) in [-1, 1] -> scaled latent (1, C, h, w) float32, sampled from the
         posterior with `generator` (one draw of the latent's shape, as diffusers)."""
         vae = self.components.vae
+        if not isinstance(vae, AutoencoderKL):
+            raise ValueError("this model runs no image-to-image: its autoencoder is a VQ one")
         param = next(vae.parameters())
         pixels = pixels.to(param.device, param.dtype)
         if self.device.type == "cpu":
@@ -176,13 +189,19 @@ class Pipeline:
         return self.decode_call(z_in)[: len(z)]
 
 
-def text_conditioner(components: Components, clip_skip: int) -> TextConditioner | BertConditioner:
-    """CLIP's conditioner (Stable Diffusion) or LDMBert's (the paper's text-to-image model)."""
-    if isinstance(components.text_encoder, LDMBert):
+def text_conditioner(
+    components: Components, clip_skip: int, device: torch.device
+) -> TextConditioner | BertConditioner | NoConditioner:
+    """CLIP's conditioner (Stable Diffusion), LDMBert's (the paper's text-to-image model), or the
+    empty context of models without text."""
+    encoder, tokenizer = components.text_encoder, components.tokenizer
+    if encoder is None or isinstance(encoder, LDMBert):
         if clip_skip != 1:
             raise ValueError("clip_skip applies to CLIP text encoders only")
-        return BertConditioner(components.tokenizer, components.text_encoder)
-    return TextConditioner(components.tokenizer, components.text_encoder, clip_skip)
+        if encoder is None:
+            return NoConditioner(device)
+        return BertConditioner(tokenizer, encoder)  # type: ignore[arg-type]
+    return TextConditioner(tokenizer, encoder, clip_skip)  # type: ignore[arg-type]
 
 
 def load_pipeline(

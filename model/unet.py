@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import SpatialTransformer
+from model.attention import AttentionBlock, SpatialTransformer
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Hyper-parameters of the conditional UNet; `num_heads` is per resolution level."""
+    """Hyper-parameters of the UNet; `num_heads` is per resolution level. With `context_dim`
+    None the model reads no text: its attention is self-attention only (the paper's unconditional
+    and concat-conditioned models; diffusers' UNet2DModel)."""
 
     in_channels: int = 4
     out_channels: int = 4
@@ -27,7 +29,7 @@ class UNetConfig:
     num_res_blocks: int = 2
     attention_levels: tuple[bool, ...] = (True, True, True, False)
     num_heads: tuple[int, ...] = (8, 8, 8, 8)
-    context_dim: int = 768
+    context_dim: int | None = 768
     transformer_depth: int = 1
     use_linear_projection: bool = False
     norm_groups: int = 32
@@ -141,7 +143,7 @@ class TimestepEmbedSequential(nn.Sequential):
     """A sequence of layers, each given only the inputs it understands."""
 
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None
     ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
@@ -154,7 +156,7 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """eps/v-prediction UNet with cross-attention on a text context."""
+    """eps/v-prediction UNet with cross-attention on a text context, or self-attention only."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -168,8 +170,10 @@ class UNet(nn.Module):
         if c.num_classes is not None:
             self.label_emb = nn.Embedding(c.num_classes, emb_dim)
 
-        def transformer(channels: int, level: int, middle: bool = False) -> SpatialTransformer:
+        def attention(channels: int, level: int, middle: bool = False) -> nn.Module:
             heads, head_dim = c.heads_and_dim(level)
+            if c.context_dim is None:
+                return AttentionBlock(channels, heads, groups)
             cross_only = not middle and level < len(c.cross_attention_only)
             cross_only = cross_only and c.cross_attention_only[level]
             return SpatialTransformer(
@@ -194,7 +198,7 @@ class UNet(nn.Module):
                 layers: list[nn.Module] = [ResBlock(ch, emb_dim, mc * mult, groups)]
                 ch = mc * mult
                 if c.attention_levels[level]:
-                    layers.append(transformer(ch, level))
+                    layers.append(attention(ch, level))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != last:
@@ -203,7 +207,7 @@ class UNet(nn.Module):
 
         self.middle_block = TimestepEmbedSequential(
             ResBlock(ch, emb_dim, ch, groups),
-            transformer(ch, last, middle=True),
+            attention(ch, last, middle=True),
             ResBlock(ch, emb_dim, ch, groups),
         )
 
@@ -213,7 +217,7 @@ class UNet(nn.Module):
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mc * mult, groups)]
                 ch = mc * mult
                 if c.attention_levels[level]:
-                    layers.append(transformer(ch, level))
+                    layers.append(attention(ch, level))
                 if level and i == c.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
@@ -226,17 +230,17 @@ class UNet(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        context: torch.Tensor,
+        context: torch.Tensor | None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict eps (or v) for latents x (B, C, h, w) at t (B,) given context (B, S, D) and,
-        for class-conditional models, integer labels (B,)."""
+        """Predict eps (or v) for latents x (B, C, h, w) at t (B,) given context (B, S, D) (read
+        only by models with a `context_dim`) and, for class-conditional models, labels (B,)."""
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
         if self.config.num_classes is not None:
             if labels is None:
                 raise ValueError("this UNet is class-conditional: it needs labels")
             emb = emb + self.label_emb(labels.to(emb.device)).to(emb.dtype)  # (B, emb)
-        context = context.to(x.dtype)
+        context = None if self.config.context_dim is None else context.to(x.dtype)
         skips = []
         h = x
         for block in self.input_blocks:

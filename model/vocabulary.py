@@ -28,9 +28,12 @@ def byte_decoder() -> dict[str, int]:
     return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
 
 
-def known_words(tokenizer: PreTrainedTokenizerBase) -> frozenset[str] | None:
+def known_words(tokenizer: PreTrainedTokenizerBase | None) -> frozenset[str] | None:
     """Every word that is one whole-word token (letters only, lower case); None for an open,
-    CLIP-sized vocabulary, or a tokenizer other than CLIP's BPE (BERT's WordPiece, say)."""
+    CLIP-sized vocabulary, a tokenizer other than CLIP's BPE (BERT's WordPiece, say) or none (a
+    model without text)."""
+    if tokenizer is None:
+        return None
     vocab = tokenizer.get_vocab()
     if len(vocab) >= OPEN_VOCABULARY or not any(t.endswith(END_OF_WORD) for t in vocab):
         return None

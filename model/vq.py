@@ -1,6 +1,7 @@
 """VQ-regularized autoencoder, quantizer absorbed into the decoder (Rombach et al., Sec. 3.1).
 
-Diffusion runs on the continuous pre-quantization latents; decoding snaps them to the codebook.
+Diffusion runs on the continuous pre-quantization latents; decoding snaps them to the codebook
+(as diffusers' `VQModel.decode` does by default, and both of its LDM pipelines).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from torch import nn
 
 from model.autoencoder import AutoencoderConfig, Decoder, Encoder
 
+# Latent pixels per distance matrix: bounds the (rows, codes) matrix to ~128 MB at 8192 codes.
+CHUNK_ROWS = 4096
+
 
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook lookup (van den Oord et al., 2017)."""
@@ -20,15 +24,22 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(num_embeddings, dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Each latent pixel of z (B, C, h, w) replaced by its nearest code (Euclidean)."""
         _, _, height, width = z.shape
-        flat = rearrange(z, "b c h w -> (b h w) c")  # (N, C)
-        codes = torch.cdist(flat, self.embedding.weight.to(flat.dtype)).argmin(dim=1)  # (N,)
-        quantized = self.embedding(codes).to(z.dtype)  # (N, C)
+        codebook = self.embedding.weight.to(z.dtype)  # (K, C)
+        codes = []
+        # Image by image, in fixed chunks: a pixel's code never depends on what shares its batch.
+        for image in z:
+            flat = rearrange(image, "c h w -> (h w) c")  # (h*w, C)
+            parts = flat.split(CHUNK_ROWS)
+            codes += [torch.cdist(part, codebook).argmin(dim=1) for part in parts]  # (n,) each
+        quantized = self.embedding(torch.cat(codes)).to(z.dtype)  # (B*h*w, C)
         return rearrange(quantized, "(b h w) c -> b c h w", h=height, w=width)
 
 
 class VQAutoencoder(nn.Module):
-    """Encoder -> latents; quantize -> decoder ("VQ-reg." variant of the paper)."""
+    """Encoder -> latents; quantize -> decoder ("VQ-reg." variant of the paper; diffusers'
+    VQModel with vq_embed_dim = latent_channels)."""
 
     def __init__(self, config: AutoencoderConfig, num_embeddings: int) -> None:
         super().__init__()

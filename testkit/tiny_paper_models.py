@@ -1,6 +1,8 @@
 """Tiny random models of the LDM paper's own pipelines, built with diffusers (test-only oracle):
 `build_tiny_ldm_text2img` writes an `LDMTextToImagePipeline` folder (LDMBert over a small BERT
-wordpiece vocabulary written here, a cross-attention UNet, an f=8 KL autoencoder, DDIM)."""
+wordpiece vocabulary written here, a cross-attention UNet, an f=8 KL autoencoder, DDIM);
+`build_tiny_ldm_uncond` an `LDMPipeline` and `build_tiny_ldm_superres` an
+`LDMSuperResolutionPipeline` folder (a UNet2DModel with self-attention, a VQ-f4 autoencoder)."""
 
 from __future__ import annotations
 
@@ -54,5 +56,61 @@ def build_tiny_ldm_text2img(path: Path, seed: int = 0) -> Path:
     pipe = LDMTextToImagePipeline(
         vqvae=vqvae, bert=bert, tokenizer=tokenizer, unet=unet, scheduler=scheduler
     )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def tiny_unet2d_config(in_channels: int = 3) -> dict:
+    """A UNet2DModel without text: self-attention (4 heads of 16) at the lower level and in the
+    middle, as LDM's unconditional and super-resolution UNets (CompVis AttentionBlock)."""
+    return dict(
+        sample_size=8, in_channels=in_channels, out_channels=3, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=16, norm_num_groups=8,
+    )  # fmt: skip
+
+
+def tiny_vq(scaling_factor: float = 0.18215):  # noqa: ANN201 - diffusers' VQModel
+    """A VQ-f4 autoencoder (3 latent channels, 64 codes). diffusers initialises the codebook
+    within +-1/64, where every latent would snap to one of a few codes: spread it to N(0, I)."""
+    from diffusers import VQModel
+
+    vqvae = VQModel(
+        block_out_channels=(16, 32, 32), latent_channels=3, num_vq_embeddings=64,
+        norm_num_groups=8, layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, scaling_factor=scaling_factor,
+    )  # fmt: skip
+    torch.nn.init.normal_(vqvae.quantize.embedding.weight)
+    return vqvae
+
+
+def tiny_ldm_scheduler():  # noqa: ANN201 - diffusers' DDIMScheduler
+    """DDIM with the schedule of the paper's LDM-VQ-4 models (DDIMScheduler's other defaults)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+                         clip_sample=False)  # fmt: skip
+
+
+def build_tiny_ldm_uncond(path: Path, seed: int = 0) -> Path:
+    """Write a random LDMPipeline folder (unconditional: UNet2DModel on VQ-f4 latents; the VQ
+    config's scaling factor 0.5, which the pipeline divides by) and return its path."""
+    from diffusers import LDMPipeline, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**tiny_unet2d_config())
+    pipe = LDMPipeline(vqvae=tiny_vq(0.5), unet=unet, scheduler=tiny_ldm_scheduler())
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def build_tiny_ldm_superres(path: Path, seed: int = 0) -> Path:
+    """Write a random LDMSuperResolutionPipeline folder (LDM-SR: the UNet reads the latent and
+    the low-res RGB image, in_channels 3 + 3; VQ-f4, decoded unscaled) and return its path."""
+    from diffusers import LDMSuperResolutionPipeline, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**tiny_unet2d_config(in_channels=6))
+    pipe = LDMSuperResolutionPipeline(vqvae=tiny_vq(), unet=unet, scheduler=tiny_ldm_scheduler())
     pipe.save_pretrained(str(path), safe_serialization=True)
     return path

@@ -98,6 +98,78 @@ def unet_config_to_diffusers(c: UNetConfig) -> dict[str, Any]:
     }
 
 
+UNSUPPORTED_UNET2D = {  # UNet2DModel options this UNet does not implement, with the value we need
+    "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "class_embed_type": None,
+    "num_class_embeds": None, "time_embedding_type": "positional", "time_embedding_dim": None,
+    "center_input_sample": False, "resnet_time_scale_shift": "default",
+    "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1, "add_attention": True,
+    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "norm_eps": 1e-5,
+}  # fmt: skip
+UNET2D_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}  # down block -> has attention
+UNET2D_UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
+
+
+def unet2d_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
+    """UNetConfig (no text: self-attention blocks) from a diffusers UNet2DModel config (LDM's
+    unconditional and concat-conditioned UNets), refusing what we can't run."""
+    for key, required in UNSUPPORTED_UNET2D.items():
+        if key in d and d[key] != required:
+            raise ValueError(f"unsupported UNet2DModel: {key}={d[key]!r} (need {required!r})")
+    groups = d.get("norm_num_groups", 32)
+    if d.get("attn_norm_num_groups") not in (None, groups):
+        raise ValueError("unsupported UNet2DModel: attn_norm_num_groups != norm_num_groups")
+    down, up = list(d["down_block_types"]), list(d["up_block_types"])
+    unknown = [k for k in down if k not in UNET2D_BLOCKS]
+    unknown += [k for k in up if k not in UNET2D_UP_BLOCKS]
+    if unknown:
+        raise ValueError(f"unsupported UNet2DModel block types: {unknown}")
+    attention = tuple(UNET2D_BLOCKS[kind] for kind in down)
+    if tuple(UNET2D_UP_BLOCKS[kind] for kind in reversed(up)) != attention:
+        raise ValueError("up_block_types must mirror down_block_types")
+    channels = list(d["block_out_channels"])
+    if any(c % channels[0] for c in channels):
+        raise ValueError(f"block_out_channels {channels} are not multiples of the first")
+    head_dim = d.get("attention_head_dim", 8)  # None: one head (diffusers' UNet2DModel)
+    if head_dim is not None and any(c % head_dim for c in channels):
+        raise ValueError(f"block_out_channels {channels} are not multiples of {head_dim}")
+    return UNetConfig(
+        in_channels=d.get("in_channels", 3),
+        out_channels=d.get("out_channels", 3),
+        model_channels=channels[0],
+        channel_mult=tuple(c // channels[0] for c in channels),
+        num_res_blocks=d.get("layers_per_block", 2),
+        attention_levels=attention,
+        num_heads=tuple(1 if head_dim is None else c // head_dim for c in channels),
+        context_dim=None,
+        norm_groups=groups,
+    )
+
+
+def vq_config_from_diffusers(d: dict[str, Any]) -> tuple[AutoencoderConfig, int]:
+    """AutoencoderConfig and codebook size from a diffusers VQModel config (its defaults)."""
+    latent = d.get("latent_channels", 3)
+    for key, required in (("vq_embed_dim", latent), ("norm_type", "group"), ("act_fn", "silu"),
+                          ("mid_block_add_attention", True)):  # fmt: skip
+        if d.get(key) not in (None, required):
+            raise ValueError(f"unsupported VQModel config: {key}={d[key]!r} (need {required!r})")
+    kinds = set(d.get("down_block_types", ["DownEncoderBlock2D"]))
+    kinds |= set(d.get("up_block_types", ["UpDecoderBlock2D"]))
+    if kinds != {"DownEncoderBlock2D", "UpDecoderBlock2D"}:
+        raise ValueError(f"unsupported VQModel block types: {sorted(kinds)}")
+    channels = list(d.get("block_out_channels", [64]))
+    config = AutoencoderConfig(
+        in_channels=d.get("in_channels", 3),
+        out_channels=d.get("out_channels", 3),
+        base_channels=channels[0],
+        channel_mult=tuple(c // channels[0] for c in channels),
+        num_res_blocks=d.get("layers_per_block", 1),
+        latent_channels=latent,
+        norm_groups=d.get("norm_num_groups", 32),
+        scaling_factor=d.get("scaling_factor", 0.18215),
+    )
+    return config, d.get("num_vq_embeddings", 256)
+
+
 def vae_config_from_diffusers(d: dict[str, Any]) -> AutoencoderConfig:
     """AutoencoderConfig from a diffusers AutoencoderKL config."""
     if d.get("mid_block_add_attention", True) is not True:

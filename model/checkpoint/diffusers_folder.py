@@ -16,6 +16,7 @@ from model.components import Components
 from model.noise_augmentation import NoiseAugmentation
 from model.sampling.schedule import ScheduleConfig
 from model.unet import UNet
+from model.vq import VQAutoencoder
 
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -67,14 +68,18 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no weights in {folder} (expected {WEIGHT_NAMES[0]})")
 
 
-def _load_network(folder: Path, name: str, build, read_config, prefixes):  # noqa: ANN001, ANN202
-    """Build a network on the meta device from config.json, then assign renamed, checked weights."""
+def _load_network(folder: Path, name: str, build, read_config, prefixes, fused=None):  # noqa: ANN001, ANN202
+    """Build a network on the meta device from config.json, then assign renamed, checked weights
+    (`fused(config)`: the self-attention blocks whose q/k/v CompVis fuses, with their heads)."""
     config = read_config(_read_json(folder / "config.json"))
     with torch.device("meta"):
         module = build(config)
+    weights = _weights(folder)
+    if fused is not None:
+        weights = keymap.fuse_qkv(weights, fused(config))
     try:
         tensors = keymap.compvis_from_diffusers(
-            list(module.state_dict()), _weights(folder), prefixes(config)
+            list(module.state_dict()), weights, prefixes(config)
         )
     except KeyError as error:
         raise CheckpointError(f"{name}: {error.args[0]}") from None
@@ -101,6 +106,29 @@ def load_vae(folder: Path) -> AutoencoderKL:
     """An AutoencoderKL from a diffusers `vae/` folder."""
     return _load_network(
         folder, "vae", AutoencoderKL, configs.vae_config_from_diffusers, keymap.vae_prefixes
+    )
+
+
+def load_unet2d(folder: Path) -> UNet:
+    """A UNet without text from a diffusers UNet2DModel `unet/` folder (the paper's own models)."""
+    return _load_network(
+        folder,
+        "unet",
+        UNet,
+        configs.unet2d_config_from_diffusers,
+        keymap.unet_prefixes,
+        fused=keymap.attention_heads,  # CompVis fuses each block's q, k and v in one `qkv`
+    )
+
+
+def load_vq(folder: Path) -> VQAutoencoder:
+    """A VQ autoencoder from a diffusers VQModel `vqvae/` folder."""
+    return _load_network(
+        folder,
+        "vqvae",
+        lambda config: VQAutoencoder(*config),  # (AutoencoderConfig, codebook size)
+        configs.vq_config_from_diffusers,
+        lambda config: keymap.vq_prefixes(config[0]),
     )
 
 

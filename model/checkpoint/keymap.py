@@ -20,6 +20,13 @@ RESNET_RENAMES = [  # CompVis ResBlock -> diffusers ResnetBlock2D (UNet)
     ("skip_connection.", "conv_shortcut."),
 ]
 VAE_RESNET_RENAMES = [("nin_shortcut.", "conv_shortcut.")]
+# CompVis AttentionBlock -> diffusers' UNet2DModel Attention; `to_qkv` stands for to_q, to_k and
+# to_v fused in CompVis's layout (`fuse_qkv`), which no diffusers file holds.
+ATTENTION_BLOCK_RENAMES = [
+    ("norm.", "group_norm."),
+    ("qkv.", "to_qkv."),
+    ("proj_out.", "to_out.0."),
+]
 VAE_ATTENTION_RENAMES = [
     ("norm.", "group_norm."),
     ("q.", "to_q."),
@@ -33,6 +40,7 @@ def unet_prefixes(config: UNetConfig) -> list[tuple[str, str, list[tuple[str, st
     """(compvis_prefix, diffusers_prefix, inner renames) for every UNet submodule."""
     n = config.num_res_blocks
     levels = len(config.channel_mult)
+    attention = [] if config.context_dim is not None else ATTENTION_BLOCK_RENAMES
     table: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("time_embed.0.", "time_embedding.linear_1.", []),
         ("time_embed.2.", "time_embedding.linear_2.", []),
@@ -40,7 +48,7 @@ def unet_prefixes(config: UNetConfig) -> list[tuple[str, str, list[tuple[str, st
         ("out.0.", "conv_norm_out.", []),
         ("out.2.", "conv_out.", []),
         ("middle_block.0.", "mid_block.resnets.0.", RESNET_RENAMES),
-        ("middle_block.1.", "mid_block.attentions.0.", []),
+        ("middle_block.1.", "mid_block.attentions.0.", attention),
         ("middle_block.2.", "mid_block.resnets.1.", RESNET_RENAMES),
         ("label_emb.", "class_embedding.", []),
     ]
@@ -51,7 +59,8 @@ def unet_prefixes(config: UNetConfig) -> list[tuple[str, str, list[tuple[str, st
                 (f"input_blocks.{block}.0.", f"down_blocks.{i}.resnets.{j}.", RESNET_RENAMES)
             )
             if config.attention_levels[i]:
-                table.append((f"input_blocks.{block}.1.", f"down_blocks.{i}.attentions.{j}.", []))
+                row = (f"input_blocks.{block}.1.", f"down_blocks.{i}.attentions.{j}.", attention)
+                table.append(row)
         if i < levels - 1:
             table.append(
                 (
@@ -67,7 +76,8 @@ def unet_prefixes(config: UNetConfig) -> list[tuple[str, str, list[tuple[str, st
                 (f"output_blocks.{block}.0.", f"up_blocks.{i}.resnets.{j}.", RESNET_RENAMES)
             )
             if config.attention_levels[level]:
-                table.append((f"output_blocks.{block}.1.", f"up_blocks.{i}.attentions.{j}.", []))
+                row = (f"output_blocks.{block}.1.", f"up_blocks.{i}.attentions.{j}.", attention)
+                table.append(row)
         if i < levels - 1:
             slot = 2 if config.attention_levels[level] else 1
             table.append(
@@ -113,6 +123,41 @@ def vae_prefixes(config: AutoencoderConfig) -> list[tuple[str, str, list[tuple[s
         table.append((f"decoder.up.{up}.upsample.", f"decoder.up_blocks.{i}.upsamplers.0.", []))
     table += [("quant_conv.", "quant_conv.", []), ("post_quant_conv.", "post_quant_conv.", [])]
     return table
+
+
+def vq_prefixes(config: AutoencoderConfig) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """The autoencoder's table plus the codebook (VQModel's `quantize.embedding`)."""
+    return [*vae_prefixes(config), ("quantize.", "quantize.", [])]
+
+
+def attention_heads(config: UNetConfig) -> dict[str, int]:
+    """Heads of each self-attention block of a UNet without text, by diffusers prefix."""
+    if config.context_dim is not None:
+        return {}
+    n, levels = config.num_res_blocks, len(config.channel_mult)
+    heads = {"mid_block.attentions.0.": config.num_heads[-1]}
+    for level in range(levels):
+        if config.attention_levels[level]:
+            up = levels - 1 - level  # diffusers up_blocks run from the lowest resolution
+            heads |= {f"down_blocks.{level}.attentions.{j}.": config.num_heads[level]
+                      for j in range(n)}  # fmt: skip
+            heads |= {f"up_blocks.{up}.attentions.{j}.": config.num_heads[level]
+                      for j in range(n + 1)}  # fmt: skip
+    return heads
+
+
+def fuse_qkv(source: dict[str, torch.Tensor], heads: dict[str, int]) -> dict[str, torch.Tensor]:
+    """diffusers' Linear to_q/to_k/to_v/to_out.0 of the blocks in `heads` -> CompVis's 1x1 Conv1d
+    `to_qkv` (rows per head: that head's [q; k; v], QKVAttentionLegacy's layout) and `to_out.0`."""
+    out = dict(source)
+    for prefix, h in heads.items():
+        for kind in ("weight", "bias"):
+            q, k, v = (out.pop(f"{prefix}{name}.{kind}") for name in ("to_q", "to_k", "to_v"))
+            parts = [t.reshape(h, t.shape[0] // h, *t.shape[1:]) for t in (q, k, v)]  # (h, d, ...)
+            fused = torch.stack(parts, dim=1).flatten(0, 2)  # (3C, ...) in order (h, qkv, d)
+            out[f"{prefix}to_qkv.{kind}"] = fused[..., None] if kind == "weight" else fused
+        out[f"{prefix}to_out.0.weight"] = out[f"{prefix}to_out.0.weight"][..., None]  # (C, C, 1)
+    return out
 
 
 def to_diffusers_key(key: str, table: list[tuple[str, str, list[tuple[str, str]]]]) -> str:

@@ -1,25 +1,52 @@
 """diffusers ports of the LDM paper's own pipelines (CompVis/ldm-*): `LDMTextToImagePipeline`
-(LDM-KL-8-G: `bert/` LDMBert + BERT tokenizer, `unet/`, a KL autoencoder in `vqvae/`)."""
+(LDM-KL-8-G: `bert/` LDMBert + BERT tokenizer, `unet/`, a KL autoencoder in `vqvae/`),
+`LDMPipeline` (unconditional: a UNet2DModel `unet/` on a VQModel's latents, `vqvae/`) and
+`LDMSuperResolutionPipeline` (the same, the UNet also reading the low-res RGB image: LDM-SR)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from transformers import BertTokenizer
 
-from model.checkpoint.diffusers_folder import load_unet, load_vae, pipeline_class
+from model.checkpoint.diffusers_folder import (
+    load_unet,
+    load_unet2d,
+    load_vae,
+    load_vq,
+    pipeline_class,
+)
 from model.checkpoint.files import CheckpointError, load_strict, read_state_dict
 from model.components import Components
 from model.ldm_bert import LDMBert, LDMBertConfig
 from model.sampling.schedule import ScheduleConfig
 
 TEXT_TO_IMAGE = "LDMTextToImagePipeline"
+UNCONDITIONAL = "LDMPipeline"
+SUPER_RESOLUTION = "LDMSuperResolutionPipeline"
+# DDIMScheduler's own defaults: the paper's hub configs predate steps_offset and set_alpha_to_one,
+# and diffusers fills them from the class, not from Stable Diffusion's values (ScheduleConfig's).
+DDIM_DEFAULTS = {
+    "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "set_alpha_to_one": True,
+    "steps_offset": 0, "prediction_type": "epsilon", "timestep_spacing": "leading",
+}  # fmt: skip
 
 
 def load_ldm_folder(path: Path) -> Components | None:
     """The components of a folder of one of the paper's pipelines, None for other folders."""
-    return load_text_to_image(path) if pipeline_class(path) == TEXT_TO_IMAGE else None
+    loaders = {TEXT_TO_IMAGE: load_text_to_image, UNCONDITIONAL: load_unconditional,
+               SUPER_RESOLUTION: load_super_resolution}  # fmt: skip
+    loader = loaders.get(pipeline_class(path) or "")
+    return loader(path) if loader else None
+
+
+def read_schedule(path: Path) -> ScheduleConfig:
+    """The folder's `scheduler/` config, missing keys taken from its class's defaults."""
+    config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    defaults = DDIM_DEFAULTS if config.get("_class_name") == "DDIMScheduler" else {}
+    return ScheduleConfig.from_dict(defaults | config)
 
 
 BERT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -42,11 +69,43 @@ def load_text_to_image(path: Path) -> Components:
         tokenizer = BertTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"BERT tokenizer in {path}: {error}") from None
-    schedule = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return Components(
         unet=load_unet(path / "unet"),
         vae=load_vae(path / "vqvae"),
-        text_encoder=load_ldm_bert(path / "bert"),  # type: ignore[arg-type]
+        text_encoder=load_ldm_bert(path / "bert"),
         tokenizer=tokenizer,
-        schedule=ScheduleConfig.from_dict(schedule),
+        schedule=read_schedule(path),
     )
+
+
+def load_unconditional(path: Path) -> Components:
+    """An unconditional LDM (LDM-VQ-4 on CelebA-HQ, ...) from an LDMPipeline folder: no text;
+    latents decode at the VQModel config's scaling factor, as the pipeline divides by it."""
+    components = Components(
+        unet=load_unet2d(path / "unet"),
+        vae=load_vq(path / "vqvae"),
+        text_encoder=None,
+        tokenizer=None,
+        schedule=read_schedule(path),
+    )
+    if components.unet.config.in_channels != components.vae.config.latent_channels:
+        raise CheckpointError(f"{path}: the UNet's input is not the autoencoder's latent")
+    return components
+
+
+def load_super_resolution(path: Path) -> Components:
+    """LDM-SR from an LDMSuperResolutionPipeline folder: the UNet reads the latent and the
+    low-res RGB image (in_channels = latent + 3); the pipeline decodes its latents unscaled,
+    whatever the VQModel config's scaling factor says, so the scale here is 1."""
+    vae = load_vq(path / "vqvae")
+    vae.config = replace(vae.config, scaling_factor=1.0)
+    components = Components(
+        unet=load_unet2d(path / "unet"),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        schedule=read_schedule(path),
+    )
+    if components.unet.config.in_channels != vae.config.latent_channels + 3:
+        raise CheckpointError(f"{path}: the UNet's input is not the latent plus an RGB image")
+    return components
