@@ -155,12 +155,6 @@ def partition_finding() -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent: report, never break the suite
-    reason="known gap: a worker cut off for longer than its worker key's TTL (LDM_HEARTBEAT_TTL"
-    " + 10 s) is dropped from rq:workers by a survivor's maintenance, and its heartbeats after "
-    "the heal only refresh rq:worker:<name>: rq and /readyz stop counting a worker that serves",
-)
 def test_a_healed_worker_is_counted_again(cluster: Any) -> None:
     extra = partition_finding().extra
     assert extra["rq_lists_victim_after"], extra

@@ -67,6 +67,21 @@ def test_one_queue_and_visible_to_rq_info(redis: Redis) -> None:
     assert Worker.all(connection=redis) == []
 
 
+def test_a_heartbeat_relists_a_worker_dropped_from_rqs_worker_sets(redis: Redis) -> None:
+    """Cut off longer than its key lived, a worker is cleaned out of rq:workers by another's
+    maintenance; once it can reach Redis again its next heartbeat lists it again."""
+    from rq.worker_registration import clean_worker_registry, get_keys
+
+    b = bridge(redis)
+    queue = Queue(QUEUE, connection=redis, serializer=JSONSerializer)
+    redis.delete(b.worker.key)  # its key expired during the partition
+    clean_worker_registry(queue)  # a survivor's maintenance
+    assert get_keys(queue=queue) == set() and get_keys(connection=redis) == set()
+    b.heartbeat()
+    assert get_keys(queue=queue) == {b.worker.key} == get_keys(connection=redis)
+    assert [w.name for w in Worker.all(queue=queue)] == [b.name]
+
+
 def test_dequeue_claim_heartbeat_succeed(redis: Redis) -> None:
     b = bridge(redis, ttl=30)
     job = enqueue(redis)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import (
     AbandonedJobError,
     DequeueTimeout,
@@ -225,9 +225,12 @@ class RqBridge:
             self._idle_if_empty()
 
     def heartbeat(self) -> None:
-        """Extend the worker key and every claimed execution by the heartbeat TTL, in one trip."""
+        """Extend the worker key and every claimed execution by the heartbeat TTL, in one trip;
+        re-list the worker in rq's worker sets, which another worker's maintenance empties of the
+        workers cut off longer than their key lived (a healed partition: test_multihost.py)."""
         with self.lock, self.connection.pipeline() as pipeline:
             self.worker.heartbeat(self.heartbeat_ttl + 10, pipeline=pipeline)
+            worker_registration.register(self.worker, pipeline=pipeline)  # SADDs: idempotent
             for claim in self.claims.values():
                 claim.execution.heartbeat(
                     claim.job.started_job_registry, self.heartbeat_ttl, pipeline=pipeline
