@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.class_embedder import ClassConditioner
 from model.image_inputs import binary_mask, starting_point, upscale_start
 from model.pipeline import Pipeline
 from model.sampling.denoiser import Denoiser
@@ -27,9 +28,10 @@ from model.sampling.trajectory import Trajectory
 @dataclass(frozen=True)
 class SampleSpec:
     """Everything that determines one image; models without text (unconditional, LDM-SR) read
-    neither the prompts nor the guidance scale."""
+    neither the prompts nor the guidance scale; class-conditional ones read `class_label`, and
+    the guidance scale where they have a null class."""
 
-    prompt: str
+    prompt: str = ""
     negative_prompt: str = ""
     seed: int = 0
     width: int = 512
@@ -53,6 +55,7 @@ class SampleSpec:
     # reads it as is.
     low_res_image: Image.Image | None = field(default=None, compare=False)
     noise_level: int = 20
+    class_label: int | None = None
 
     def first_step(self) -> int:
         """Index of the grid step sampling starts at (0 for text-to-image)."""
@@ -155,10 +158,7 @@ class BatchEngine:
             start = starting_point(p, grid, noise, generator, spec.init_image, spec.mask_image,
                                    full_strength=spec.strength >= 1.0)  # fmt: skip
 
-        if spec.guidance_scale > 1.0 and p.text_conditioned:
-            cond, uncond = p.conditioner.encode_pair(spec.prompt, spec.negative_prompt)
-        else:
-            cond, uncond = p.conditioner.encode(spec.prompt), None
+        cond, uncond = self._contexts(spec)
         trajectory = Trajectory(entry, start.x, grid, noise, spec.eta, start.known)
         sample = Sample(spec, tag, trajectory, cond, uncond, start.concat, start.labels)
         sample.text_tokens = p.conditioner.token_count(spec.prompt) + (
@@ -166,6 +166,21 @@ class BatchEngine:
         )
         self.active.append(sample)
         return sample
+
+    def _contexts(self, spec: SampleSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond, uncond) contexts (1, L, D); uncond is None when the sample runs unguided."""
+        p, conditioner = self.pipeline, self.pipeline.conditioner
+        guided = spec.guidance_scale > 1.0 and p.guidable
+        if isinstance(conditioner, ClassConditioner):
+            if spec.class_label is None:
+                raise ValueError("this model is class-conditional: give a class_label")
+            cond = conditioner.encode_label(spec.class_label)
+            return cond, conditioner.encode_null() if guided else None
+        if spec.class_label is not None:
+            raise ValueError("this model is not class-conditional: class_label does not apply")
+        if guided:
+            return conditioner.encode_pair(spec.prompt, spec.negative_prompt)
+        return conditioner.encode(spec.prompt), None
 
     def remove(self, sample: Sample) -> None:
         """Drop a sample between steps (cancellation, failure)."""

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from model.autoencoder import AutoencoderKL
+from model.class_embedder import ClassConditioner
 from model.compiled import bucket_rows, compile_call, pad_rows
 from model.components import Components
 from model.conditioning import NoConditioner, TextConditioner
@@ -37,7 +38,9 @@ class Pipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self.components = components.to(self.device, dtype)
-        for module in (components.unet, components.vae, components.text_encoder):
+        networks = (components.unet, components.vae, components.text_encoder,
+                    components.class_embedder)  # fmt: skip
+        for module in networks:
             if module is not None:
                 module.eval().requires_grad_(False)
         if self.device.type == "cpu":  # oneDNN's blocked conv kernels: measured faster on CPU
@@ -64,7 +67,7 @@ class Pipeline:
         decoder at `width` x `height`, so the first requests of that size wait for nothing."""
         f, c = self.downsampling_factor, self.components.unet.config.in_channels
         context = self.conditioner.encode("")  # (1, L, D)
-        rows = (1 + (guided and self.text_conditioned)) * max_images
+        rows = (1 + (guided and self.guidable)) * max_images
         buckets = sorted({bucket_rows(n) for n in range(1, rows + 1)})
         with torch.inference_mode():
             for n in buckets:
@@ -102,6 +105,19 @@ class Pipeline:
         """Whether the model reads a prompt (False: LDM's unconditional and super-resolution)."""
         return self.components.text_encoder is not None
 
+    @property
+    def class_conditioned(self) -> bool:
+        """Whether the model samples a class label's images (the paper's ImageNet LDM)."""
+        return self.components.class_embedder is not None
+
+    @property
+    def guidable(self) -> bool:
+        """Whether classifier-free guidance applies: text models (the empty prompt as the
+        unconditional row) and class-conditional ones with a null class."""
+        if isinstance(self.conditioner, ClassConditioner):
+            return self.conditioner.guided
+        return self.text_conditioned
+
     def class_labels(self, n: int) -> torch.Tensor | None:
         """Placeholder labels (n,) for a class-conditional UNet's warm-up, else None."""
         if self.components.unet.config.num_classes is None:
@@ -112,12 +128,12 @@ class Pipeline:
     def tasks(self) -> tuple[str, ...]:
         """What this model can do: upscalers upscale (output = f x the input image; the x4
         upscaler, or a model without text whose UNet also reads an image: LDM-SR), unconditional
-        models sample, inpainting models inpaint, text-to-image models do text-to-image, SDEdit
-        and masked repainting."""
+        and class-conditional models sample, inpainting models inpaint, text-to-image models do
+        text-to-image, SDEdit and masked repainting."""
         if self.upscaler is not None or (self.concat_channels and not self.text_conditioned):
             return ("upscale",)
         if not self.text_conditioned:
-            return ("unconditional",)
+            return ("sample",)
         return ("inpaint",) if self.concat_channels else ("txt2img", "img2img", "inpaint")
 
     @property
@@ -191,10 +207,14 @@ class Pipeline:
 
 def text_conditioner(
     components: Components, clip_skip: int, device: torch.device
-) -> TextConditioner | BertConditioner | NoConditioner:
-    """CLIP's conditioner (Stable Diffusion), LDMBert's (the paper's text-to-image model), or the
-    empty context of models without text."""
+) -> TextConditioner | BertConditioner | ClassConditioner | NoConditioner:
+    """CLIP's conditioner (Stable Diffusion), LDMBert's (the paper's text-to-image model), the
+    class embedder's (the paper's ImageNet model), or the empty context of models without text."""
     encoder, tokenizer = components.text_encoder, components.tokenizer
+    if components.class_embedder is not None:
+        if clip_skip != 1:
+            raise ValueError("clip_skip applies to CLIP text encoders only")
+        return ClassConditioner(components.class_embedder, device)
     if encoder is None or isinstance(encoder, LDMBert):
         if clip_skip != 1:
             raise ValueError("clip_skip applies to CLIP text encoders only")

@@ -93,7 +93,7 @@ def test_an_image_is_the_same_alone_or_batched(uncond: Path) -> None:
 
 def test_unconditional_models_say_what_they_run(uncond: Path) -> None:
     pipe = load_pipeline(uncond)
-    assert pipe.tasks == ("unconditional",)
+    assert pipe.tasks == ("sample",)
     assert pipe.latent_scale == 0.5  # the VQModel config's, which LDMPipeline divides by
     engine = BatchEngine(pipe)
     with pytest.raises(ValueError, match="runs unconditional: no init image"):

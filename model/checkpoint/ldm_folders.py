@@ -1,7 +1,10 @@
 """diffusers ports of the LDM paper's own pipelines (CompVis/ldm-*): `LDMTextToImagePipeline`
 (LDM-KL-8-G: `bert/` LDMBert + BERT tokenizer, `unet/`, a KL autoencoder in `vqvae/`),
 `LDMPipeline` (unconditional: a UNet2DModel `unet/` on a VQModel's latents, `vqvae/`) and
-`LDMSuperResolutionPipeline` (the same, the UNet also reading the low-res RGB image: LDM-SR)."""
+`LDMSuperResolutionPipeline` (the same, the UNet also reading the low-res RGB image: LDM-SR).
+diffusers has no pipeline for the paper's class-conditional ImageNet model: ldm-serve's
+`LDMClassConditionalPipeline` folder is the unconditional one's with a cross-attention
+`UNet2DConditionModel`, `class_embedder/` (config.json, model.safetensors: `embedding.weight`)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from model.checkpoint.diffusers_folder import (
     pipeline_class,
 )
 from model.checkpoint.files import CheckpointError, load_strict, read_state_dict
+from model.class_embedder import ClassEmbedder, ClassEmbedderConfig, default_class_names
 from model.components import Components
 from model.ldm_bert import LDMBert, LDMBertConfig
 from model.sampling.schedule import ScheduleConfig
@@ -26,6 +30,8 @@ from model.sampling.schedule import ScheduleConfig
 TEXT_TO_IMAGE = "LDMTextToImagePipeline"
 UNCONDITIONAL = "LDMPipeline"
 SUPER_RESOLUTION = "LDMSuperResolutionPipeline"
+CLASS_CONDITIONAL = "LDMClassConditionalPipeline"  # ldm-serve's layout (no diffusers pipeline)
+CLASS_EMBEDDER_WEIGHTS = "model.safetensors"
 # DDIMScheduler's own defaults: the paper's hub configs predate steps_offset and set_alpha_to_one,
 # and diffusers fills them from the class, not from Stable Diffusion's values (ScheduleConfig's).
 DDIM_DEFAULTS = {
@@ -37,7 +43,8 @@ DDIM_DEFAULTS = {
 def load_ldm_folder(path: Path) -> Components | None:
     """The components of a folder of one of the paper's pipelines, None for other folders."""
     loaders = {TEXT_TO_IMAGE: load_text_to_image, UNCONDITIONAL: load_unconditional,
-               SUPER_RESOLUTION: load_super_resolution}  # fmt: skip
+               SUPER_RESOLUTION: load_super_resolution,
+               CLASS_CONDITIONAL: load_class_conditional}  # fmt: skip
     loader = loaders.get(pipeline_class(path) or "")
     return loader(path) if loader else None
 
@@ -108,4 +115,31 @@ def load_super_resolution(path: Path) -> Components:
     )
     if components.unet.config.in_channels != vae.config.latent_channels + 3:
         raise CheckpointError(f"{path}: the UNet's input is not the latent plus an RGB image")
+    return components
+
+
+def load_class_embedder(folder: Path) -> ClassEmbedder:
+    """The class table from a `class_embedder/` folder; ImageNet's names for 1000 classes."""
+    config = ClassEmbedderConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    if not config.class_names:
+        config = replace(config, class_names=default_class_names(config.labels))
+    embedder = ClassEmbedder(config)
+    load_strict(embedder, read_state_dict(folder / CLASS_EMBEDDER_WEIGHTS), "class_embedder")
+    return embedder.float().eval()
+
+
+def load_class_conditional(path: Path) -> Components:
+    """The paper's class-conditional LDM (cin256) from an LDMClassConditionalPipeline folder:
+    cross-attention on one class token, a VQ autoencoder, no text."""
+    embedder = load_class_embedder(path / "class_embedder")
+    components = Components(
+        unet=load_unet(path / "unet"),
+        vae=load_vq(path / "vqvae"),
+        text_encoder=None,
+        tokenizer=None,
+        schedule=read_schedule(path),
+        class_embedder=embedder,
+    )
+    if components.unet.config.context_dim != embedder.config.embed_dim:
+        raise CheckpointError(f"{path}: the class tokens are not the UNet's context width")
     return components
