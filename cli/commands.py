@@ -17,9 +17,9 @@ from cli import serve  # noqa: E402  (registrars are light: handlers import lazi
 
 REGISTRARS += [serve.register]
 
-from cli import generate, upscale  # noqa: E402  (registrars are light: handlers import lazily)
+from cli import convert, generate, upscale  # noqa: E402  (registrars are light: handlers import lazily)
 
-REGISTRARS += [generate.register, upscale.register]
+REGISTRARS += [generate.register, convert.register, upscale.register]
 
 from cli import webhooks  # noqa: E402  (registrars are light: handlers import lazily)
 

@@ -1,4 +1,4 @@
-"""`ldm-serve generate` and `ldm-serve convert`: the model from the command line, no server."""
+"""`ldm-serve generate`: the model from the command line, no server."""
 
 from __future__ import annotations
 
@@ -144,33 +144,6 @@ def image_inputs(args: argparse.Namespace) -> dict[str, object]:
     return inputs
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    import torch
-
-    from model.checkpoint.diffusers_folder import (
-        is_diffusers_folder,
-        load_diffusers,
-        save_diffusers,
-    )
-    from model.checkpoint.single_file import load_single_file, save_single_file
-
-    src, dst = Path(args.source), Path(args.destination)
-    dtype = {"float16": torch.float16, "float32": torch.float32}[args.dtype]
-    if is_diffusers_folder(src):
-        components = load_diffusers(src)
-    else:
-        components = load_single_file(src, Path(args.config) if args.config else None)
-    if dst.suffix == ".safetensors":
-        save_single_file(components, dst, dtype)
-    else:
-        c = components
-        save_diffusers(dst, unet=c.unet, vae=c.vae, text_encoder=c.text_encoder,
-                       tokenizer=c.tokenizer, schedule=c.schedule, dtype=dtype,
-                       upscaler=c.upscaler)  # fmt: skip
-    print(dst)
-    return 0
-
-
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gen = commands.add_parser("generate", help="generate images locally from a prompt")
     gen.add_argument("--model", default=default_model(), help="diffusers folder or single file")
@@ -237,15 +210,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     gen.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
     gen.set_defaults(handler=_with_model_defaults)
-
-    conv = commands.add_parser("convert", help="convert between diffusers folders and single files")
-    conv.add_argument("source", help="diffusers folder or .safetensors/.ckpt file")
-    conv.add_argument("destination", help="FILE.safetensors or a folder")
-    conv.add_argument("--config", default=None, help="diffusers folder with configs/tokenizer")
-    conv.add_argument(
-        "--dtype", choices=("float16", "float32"), default="float16", help="weights' precision"
-    )
-    conv.set_defaults(handler=run_convert)
 
 
 def _with_model_defaults(args: argparse.Namespace) -> int:
