@@ -114,3 +114,37 @@ def build_tiny_ldm_superres(path: Path, seed: int = 0) -> Path:
     pipe = LDMSuperResolutionPipeline(vqvae=tiny_vq(), unet=unet, scheduler=tiny_ldm_scheduler())
     pipe.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def build_tiny_ldm_classcond(path: Path, seed: int = 0, classes: int = 10) -> Path:
+    """Write a random LDMClassConditionalPipeline folder (ldm-serve's layout of the paper's
+    ImageNet LDM: a cross-attention UNet2DConditionModel over one class token, a table of
+    `classes` + 1 rows whose last is the null class, a VQ-f4 autoencoder) and return its path."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    dim = 32
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=dim,
+        attention_head_dim=16, norm_num_groups=8,
+    )  # fmt: skip
+    unet.save_pretrained(str(path / "unet"), safe_serialization=True)
+    tiny_vq(0.5).save_pretrained(str(path / "vqvae"), safe_serialization=True)
+    tiny_ldm_scheduler().save_pretrained(str(path / "scheduler"))
+    (path / "class_embedder").mkdir()
+    table = torch.randn(classes + 1, dim)  # (classes + 1, D): row `classes` is the null class
+    save_file({"embedding.weight": table}, str(path / "class_embedder" / "model.safetensors"))
+    config = {"num_classes": classes + 1, "embed_dim": dim, "null_class": classes,
+              "class_names": [f"class {i}" for i in range(classes)]}  # fmt: skip
+    (path / "class_embedder" / "config.json").write_text(json.dumps(config))
+    index = {"_class_name": "LDMClassConditionalPipeline", "unet": ["diffusers",
+             "UNet2DConditionModel"], "vqvae": ["diffusers", "VQModel"],
+             "class_embedder": ["ldm_serve", "ClassEmbedder"],
+             "scheduler": ["diffusers", "DDIMScheduler"]}  # fmt: skip
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path
