@@ -70,7 +70,9 @@ def spec(label: int | None, seed: int, scale: float = 3.0, **fields: object) -> 
 def test_class_conditional_sampling_matches_the_reference(classcond: Path, scale: float) -> None:
     engine = BatchEngine(load_pipeline(classcond))
     labels, seeds = [2, 7], [5, 6]
-    images = run(engine, [spec(label, seed, scale) for label, seed in zip(labels, seeds)])
+    images = run(
+        engine, [spec(label, seed, scale) for label, seed in zip(labels, seeds, strict=True)]
+    )
     for image, label, seed in zip(images, labels, seeds, strict=True):
         assert_close(np.asarray(image)[None], reference(classcond, label, seed, scale)[None])
 
