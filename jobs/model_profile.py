@@ -8,6 +8,7 @@ model code, reads it at submission. A model no worker has described gets no warn
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -37,11 +38,13 @@ def words(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """The native size (px per side; None: unknown) and the known words (None: any word, as
-    with CLIP's 49,408-token BPE)."""
+    """The native size (px per side; None: unknown), the known words (None: any word, as
+    with CLIP's 49,408-token BPE) and a class-conditional model's class names (None: the model
+    takes no class)."""
 
     native_size: int | None = None
     known_words: frozenset[str] | None = None
+    class_names: tuple[str, ...] | None = None
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` outside the vocabulary (none for an open vocabulary)."""
@@ -93,6 +96,8 @@ def publish_profile(redis: Redis, model: str, profile: ModelProfile) -> None:
         fields["native_size"] = str(profile.native_size)
     if profile.known_words is not None:
         fields["known_words"] = " ".join(sorted(profile.known_words))
+    if profile.class_names is not None:
+        fields["class_names"] = json.dumps(list(profile.class_names))
     key = keys.model_profile(model)
     with redis.pipeline(transaction=True) as pipe:
         pipe.delete(key)
@@ -108,9 +113,11 @@ def read_profile(redis: Redis, model: str) -> ModelProfile:
     fields = {_text(name): _text(value) for name, value in raw.items()}
     size = fields.get("native_size")
     known = fields.get("known_words")
+    classes = fields.get("class_names")
     return ModelProfile(
         native_size=int(size) if size else None,
         known_words=frozenset(known.split()) if known is not None else None,
+        class_names=tuple(json.loads(classes)) if classes is not None else None,
     )
 
 

@@ -48,6 +48,7 @@ class Task(StrEnum):
     img2img = "img2img"  # SDEdit: start part-way down the schedule from a noised init image
     inpaint = "inpaint"  # repaint the mask's white (or transparent) area of the init image
     upscale = "upscale"  # super-resolution x4: the low-res image concatenated to the latent
+    sample = "sample"  # no text: unconditional, or a class label's images (LDM Sec. 4.1, 4.2)
 
 
 class OutputFormat(StrEnum):
@@ -155,6 +156,8 @@ class Txt2ImgRequest(BaseModel):
     limits: ClassVar[Limits] = DEFAULT_LIMITS
     task: ClassVar[Task] = Task.txt2img
     prompt_may_be_empty: ClassVar[bool] = False
+    reads_text: ClassVar[bool] = True
+    default_guidance: ClassVar[float | None] = None  # None: the limits' (LDM_DEFAULT_GUIDANCE)
 
     prompt: str = _DEFAULT_FIELDS["prompt"]
     negative_prompt: str = _DEFAULT_FIELDS["negative_prompt"]
@@ -245,7 +248,12 @@ def request_model(
     bounded = _bounded_fields(limits)
     if base.prompt_may_be_empty:  # OpenAI's variations: the base's own prompt field
         del bounded["prompt"]
-    if base is not Txt2ImgRequest:  # image tasks: the size is the init image's unless given
+    if not base.reads_text:  # sampling: the base's own (empty) text fields
+        del bounded["negative_prompt"]
+    if base.default_guidance is not None:  # sampling: the paper's own scale, not SD's
+        bounded["guidance_scale"] = Field(base.default_guidance, ge=0.0, strict=True,
+                                          le=limits.max_guidance_scale)  # fmt: skip
+    if base is not Txt2ImgRequest:  # other tasks: the size is the input's (or model's) if absent
         for name in ("width", "height"):
             bounded[name] = optional_size_field(limits)
     fields: dict[str, Any] = {
@@ -298,6 +306,7 @@ class ResolvedRequest(BaseModel):
     strength: float = 1.0  # img2img/inpaint: the share of the schedule run from the init image
     keep_unmasked: bool = False  # inpaint: the init image's pixels outside the mask, exactly
     noise_level: int = 20  # upscale: the low-res image's augmentation step (0-350)
+    class_label: int | None = None  # sample: the class of a class-conditional model
 
     @property
     def cost(self) -> int:

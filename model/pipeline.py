@@ -86,6 +86,12 @@ class Pipeline:
         return self.components.vae.config.downsampling_factor
 
     @property
+    def native_size(self) -> int | None:
+        """Image side in pixels the UNet was trained at (its latent side x f), None: unknown."""
+        latent = self.components.unet.config.sample_size
+        return latent * self.downsampling_factor if latent else None
+
+    @property
     def latent_channels(self) -> int:
         return self.components.vae.config.latent_channels
 

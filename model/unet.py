@@ -7,7 +7,7 @@ Attribute names mirror the CompVis `openaimodel.py` checkpoint keys (`time_embed
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,8 @@ class UNetConfig:
     cross_attention_only: tuple[bool, ...] = ()
     # Class-conditional embedding added to the timestep embedding (the x4 upscaler's noise level).
     num_classes: int | None = None
+    # Latent side it was trained at (diffusers' sample_size, CompVis' image_size); None: unknown.
+    sample_size: int | None = field(default=None, compare=False)
 
     def heads_and_dim(self, level: int) -> tuple[int, int]:
         """Number of heads and head size of the attention at one resolution level."""

@@ -26,6 +26,7 @@ from service.routes import (
     models,
     openai_images,
     playground,
+    sample,
     txt2img,
     webhooks,
 )
@@ -75,6 +76,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_problem_schema(app)
     app.include_router(txt2img.build_router(settings))
     app.include_router(image_tasks.build_router(settings))
+    app.include_router(sample.build_router(settings))
     app.include_router(openai_images.build_router(settings))
     app.include_router(a1111.build_router(settings))
     app.include_router(jobs.router)

@@ -13,6 +13,7 @@ Run: python -m tests.fault_worker (same env vars as `ldm-serve worker`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -96,7 +97,7 @@ def fault_backend(settings: WorkerSettings) -> Backend:
         assert isinstance(engine, BatchEngine)
         return FaultEngine(engine, fault_dir, step_sleep)
 
-    return Backend(engine_factory, backend.device, backend.compile_seconds, backend.tasks)
+    return dataclasses.replace(backend, engine_factory=engine_factory)  # all else as produced
 
 
 if __name__ == "__main__":

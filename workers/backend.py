@@ -38,3 +38,7 @@ class Backend:
     tasks: tuple[str, ...] = ("txt2img", "img2img", "inpaint")  # what the model can do
     # Words of a closed-vocabulary tokenizer (None: any word): the API warns about others.
     known_words: frozenset[str] | None = None
+    # Models without text that sample (jobs.schema.Task.sample): the size the UNet was trained at,
+    # and a class-conditional model's class names ("" where unnamed; None: it takes no class).
+    native_size: int | None = None
+    class_names: tuple[str, ...] | None = None

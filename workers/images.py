@@ -28,6 +28,7 @@ def parameters_text(request: ResolvedRequest, index: int, model_name: str) -> st
     strength = {
         Task.txt2img: "",
         Task.upscale: f", Noise level: {request.noise_level}",
+        Task.sample: "" if request.class_label is None else f", Class: {request.class_label}",
     }.get(request.task, f", Denoising strength: {request.strength:g}")
     lines.append(
         f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale:g}, "

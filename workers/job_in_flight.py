@@ -69,7 +69,7 @@ class JobInFlight:
             sampler=r.sampler.value, eta=r.eta, karras=r.karras, strength=r.strength,
             init_image=self.inputs.get("init_image"), mask_image=self.inputs.get("mask_image"),
             keep_unmasked=r.keep_unmasked, low_res_image=self.inputs.get("image"),
-            noise_level=r.noise_level,
+            noise_level=r.noise_level, class_label=r.class_label,
         )  # fmt: skip
 
     @property

@@ -188,7 +188,7 @@ class BatchLoop:
         if claim.job.timeout and claim.job.timeout > 0:
             timeout = min(timeout, float(claim.job.timeout))
         inputs = {}
-        if record.request.task != Task.txt2img:
+        if record.request.task not in (Task.txt2img, Task.sample):  # no uploads
             try:
                 inputs = job_inputs(self.store, job_id, record.request)
             except BadImage as exc:

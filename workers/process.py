@@ -55,7 +55,14 @@ def model_backend(settings: WorkerSettings) -> Backend:
         )
     compiled = compile_for_serving(pipe, settings)
     words = known_words(pipe.components.tokenizer)
-    return Backend(lambda: BatchEngine(pipe), device, compiled, tasks, known_words=words)
+    embedder = pipe.components.class_embedder
+    names = None
+    if embedder is not None:  # every class has an entry: its index bounds the API's check
+        config = embedder.config
+        names = config.class_names or ("",) * config.labels
+    native = pipe.native_size if "sample" in tasks else None
+    return Backend(lambda: BatchEngine(pipe), device, compiled, tasks, known_words=words,
+                   native_size=native, class_names=names)  # fmt: skip
 
 
 def compile_for_serving(pipe: Pipeline, settings: WorkerSettings) -> float:
@@ -135,9 +142,11 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     bridge.on_abandoned = abandoned_hook(store, metrics)
     store.publish_tasks(settings.model_name, backend.tasks)
     # The API's submission advice (jobs/model_profile.py): LDM_DEFAULT_SIZE is the size this
-    # deployment serves the model at (64 for the shipped model, 512 for SD 1.x).
-    publish_profile(connection, settings.model_name,
-                    ModelProfile(settings.default_size, backend.known_words))  # fmt: skip
+    # deployment serves the model at (64 for the shipped model, 512 for SD 1.x); the paper's
+    # models without text say their own (the UNet's training size), which /v1/sample defaults to.
+    native = backend.native_size or settings.default_size
+    profile = ModelProfile(native, backend.known_words, backend.class_names)
+    publish_profile(connection, settings.model_name, profile)
     store.publish_sampler_names(a1111_sampler_names())
     loop_ref: list[BatchLoop] = []
     watchdog = Watchdog(

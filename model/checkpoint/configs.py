@@ -66,6 +66,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         upcast_attention=bool(d.get("upcast_attention")),
         cross_attention_only=cross_only if any(cross_only) else (),
         num_classes=d.get("num_class_embeds"),
+        sample_size=d.get("sample_size"),
     )
 
 
@@ -75,7 +76,7 @@ def unet_config_to_diffusers(c: UNetConfig) -> dict[str, Any]:
     up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(c.attention_levels)]
     return {
         "_class_name": "UNet2DConditionModel",
-        "sample_size": 64,
+        "sample_size": c.sample_size or 64,
         "in_channels": c.in_channels,
         "out_channels": c.out_channels,
         "block_out_channels": [c.model_channels * m for m in c.channel_mult],
@@ -142,6 +143,7 @@ def unet2d_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         num_heads=tuple(1 if head_dim is None else c // head_dim for c in channels),
         context_dim=None,
         norm_groups=groups,
+        sample_size=d.get("sample_size"),
     )
 
 
