@@ -8,8 +8,12 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.schema import DEFAULT_LIMITS, Sampler, Task, Txt2ImgRequest, request_model
+
+if TYPE_CHECKING:  # the registrar stays light: model/ loads torch
+    from model.pipeline import Pipeline
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 # The shipped model's own request defaults (models/default/README.md): trained at 64x64, tuned at
@@ -44,6 +48,10 @@ def run_generate(args: argparse.Namespace) -> int:
         persist_cache(Path.home() / ".cache" / "ldm-serve" / "inductor")
         pipe.compile()
     loaded = time.perf_counter()
+    problem = sampling_options(args, pipe)
+    if problem:
+        print(f"ldm-serve generate: error: {problem}", file=sys.stderr)
+        return 2
     if not pipe.text_conditioned:  # unconditional (or LDM-SR) models read no prompt
         if args.prompt or args.negative_prompt:
             print("warning: this model reads no prompt: ignored", file=sys.stderr)
@@ -59,7 +67,8 @@ def run_generate(args: argparse.Namespace) -> int:
     specs = specs_for(
         [args.prompt] * n, [args.negative_prompt] * n, [args.seed + i for i in range(n)],
         width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
-        sampler=args.sampler, eta=args.eta, karras=args.karras, **image_inputs(args),
+        sampler=args.sampler, eta=args.eta, karras=args.karras, class_label=args.class_label,
+        **image_inputs(args),
     )  # fmt: skip
     images = run(BatchEngine(pipe), specs)
     done = time.perf_counter()
@@ -71,6 +80,35 @@ def run_generate(args: argparse.Namespace) -> int:
         print(path)
     print(f"loaded in {loaded - started:.2f}s, generated {n} image(s) in {done - loaded:.2f}s")
     return 0
+
+
+def sampling_options(args: argparse.Namespace, pipe: Pipeline) -> str | None:
+    """For models that sample without text (the paper's unconditional and class-conditional
+    LDMs): the model's own size and the paper's guidance (1.5) where not given, and the class
+    resolved to its index as the API does; what is wrong, else None."""
+    from jobs.sample_request import SampleRequest, class_index
+
+    embedder = pipe.components.class_embedder
+    if embedder is None:
+        if args.class_label is not None:
+            return "--class-label: this model takes no class"
+    elif args.class_label is None:
+        last = embedder.config.labels - 1
+        return f"--class-label is required: the model is class-conditional (0..{last})"
+    else:
+        names = embedder.config.class_names or ("",) * embedder.config.labels
+        label = int(args.class_label) if args.class_label.isdigit() else args.class_label
+        try:
+            args.class_label = class_index(label, names)
+        except ValueError as exc:
+            return f"--class-label: {exc}"
+    if "sample" in pipe.tasks:
+        native = pipe.native_size
+        args.width = native if native and not args.size_given[0] else args.width
+        args.height = native if native and not args.size_given[1] else args.height
+        if not args.guidance_given:
+            args.guidance = SampleRequest.default_guidance
+    return None
 
 
 def advice(args: argparse.Namespace, tokenizer: object) -> list[str]:
@@ -208,6 +246,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         action="store_true",
         help="inductor on the CPU, CUDA graphs on a GPU (first run per shape compiles)",
     )
+    gen.add_argument(
+        "--class-label",
+        default=None,
+        help="class-conditional models: the class, an index or a name ('goldfish')",
+    )
     gen.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
     gen.set_defaults(handler=_with_model_defaults)
 
@@ -221,6 +264,9 @@ def _with_model_defaults(args: argparse.Namespace) -> int:
         return 2
     shipped = is_shipped(args.model)
     size = DEFAULT_MODEL_SIZE if shipped else 512
+    # models that sample without text default to their own size and guidance (known once loaded)
+    args.size_given = (args.width is not None, args.height is not None)
+    args.guidance_given = args.guidance is not None
     if args.init_image is not None:  # the init image's size unless given
         from jobs.images import decode, job_size
 

@@ -5,12 +5,15 @@ DDIMScheduler (diffusers has no pipeline for it), on a tiny random model."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from model.class_embedder import default_class_names
@@ -18,6 +21,7 @@ from model.engine import BatchEngine, SampleSpec
 from model.pipeline import load_pipeline
 from model.txt2img import run
 from testkit.tiny_paper_models import build_tiny_ldm_classcond, build_tiny_ldm_uncond
+from tests.conftest import REPO
 from tests.test_model_parity import assert_close
 
 SIZE, STEPS, CLASSES = 32, 8, 10
@@ -120,3 +124,27 @@ def test_imagenet_names_are_in_the_ilsvrc_order() -> None:
     assert names[0].startswith("tench") and names[1].startswith("goldfish")
     assert names[207] == "golden retriever" and names[999].startswith("toilet tissue")
     assert default_class_names(10) == ()
+
+
+def generate(model: Path, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "generate", "--model", str(model), "--steps",
+         str(STEPS), "--sampler", "ddim", "--seed", "5", "--out", str(out), *options],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_generate_samples_a_class_by_name_at_the_model_size(
+    classcond: Path, tmp_path: Path
+) -> None:
+    """No size given: the model's own (UNet sample size 8 x f 4); guidance as asked."""
+    result = generate(
+        classcond, tmp_path / "out.png", "--class-label", "Class 2", "--guidance", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    ours = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    assert_close(ours[None], reference(classcond, 2, 5, 3.0)[None])
+    refused = generate(classcond, tmp_path / "x.png", "--class-label", "clas 4")
+    assert refused.returncode == 2 and "near matches: 'class 4' (4)" in refused.stderr
+    refused = generate(classcond, tmp_path / "x.png")
+    assert refused.returncode == 2 and "--class-label is required" in refused.stderr

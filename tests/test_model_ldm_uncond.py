@@ -96,7 +96,7 @@ def test_unconditional_models_say_what_they_run(uncond: Path) -> None:
     assert pipe.tasks == ("sample",)
     assert pipe.latent_scale == 0.5  # the VQModel config's, which LDMPipeline divides by
     engine = BatchEngine(pipe)
-    with pytest.raises(ValueError, match="runs unconditional: no init image"):
+    with pytest.raises(ValueError, match="runs sample: no init image"):
         engine.add(spec("ddim", 1, init_image=Image.new("RGB", (SIZE, SIZE))))
     with pytest.raises(ValueError, match="not an upscaler"):
         engine.add(spec("ddim", 1, low_res_image=Image.new("RGB", (SIZE // 4, SIZE // 4))))
@@ -123,14 +123,14 @@ def test_fused_qkv_is_compvis_legacy_layout() -> None:
 def generate(model: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", "generate", "--model", str(model), "--seed", "3",
-         "--steps", str(STEPS), "--width", str(SIZE), "--height", str(SIZE), "--out", str(out),
-         *options],
+         "--steps", str(STEPS), "--out", str(out), *options],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
 
 @pytest.mark.slow
 def test_cli_generates_without_a_prompt(uncond: Path, tmp_path: Path) -> None:
+    """No size given: the model's own (UNet sample size 8 x f 4), as LDMPipeline draws."""
     out = tmp_path / "face.png"
     result = generate(uncond, out)
     assert result.returncode == 0, result.stderr
