@@ -101,7 +101,7 @@ class Client:
         task: str = "txt2img",
         **params: Any,
     ) -> dict[str, Any]:
-        """POST /v1/{task} (txt2img, img2img, inpaint, upscale; image bytes go as base64);
+        """POST /v1/{task} (txt2img, img2img, inpaint, upscale, sample; image bytes as base64);
         returns the queued job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}

@@ -66,6 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("img2img", "transform --init-image (SDEdit) and save the results"),
         ("inpaint", "repaint the --mask's white area of --init-image and save the results"),
         ("upscale", "upscale --image x4 (a served upscaler model) and save the results"),
+        ("sample", "sample a model without text (unconditional, or --class-label's class)"),
     ):
         action = actions.add_parser(task, help=help_text, description=help_text)
         add_client_options(action, task)
@@ -79,6 +80,9 @@ def add_client_options(action: argparse.ArgumentParser, task: str) -> None:
         action.add_argument(
             "prompt", nargs="?", default="", help="what the image shows (default: empty)"
         )
+    elif task == "sample":
+        action.set_defaults(prompt="", negative_prompt=None)
+        action.add_argument("--class-label", help="class-conditional models: an index or a name")
     else:
         action.add_argument("prompt", help="what to draw")
     action.add_argument(
@@ -98,7 +102,8 @@ def add_client_options(action: argparse.ArgumentParser, task: str) -> None:
         default=os.environ.get("LDM_API_KEY"),
         help="sent as a Bearer token (default: $LDM_API_KEY)",
     )
-    action.add_argument("--negative-prompt", help="what not to draw" + server)
+    if task != "sample":
+        action.add_argument("--negative-prompt", help="what not to draw" + server)
     action.add_argument("--width", type=int, help="multiple of 8" + server)
     action.add_argument("--height", type=int, help="multiple of 8" + server)
     action.add_argument("--steps", type=int, help="denoising steps" + server)
@@ -110,7 +115,7 @@ def add_client_options(action: argparse.ArgumentParser, task: str) -> None:
     if task == "upscale":
         action.add_argument("--image", type=Path, required=True, help="the low-res image")
         action.add_argument("--noise-level", type=int, help="0-350 (default: 20)")
-    elif task != "txt2img":
+    elif task not in ("txt2img", "sample"):
         action.add_argument(
             "--init-image", type=Path, required=True, help="the image to start from"
         )
@@ -225,7 +230,10 @@ def client_params(args: argparse.Namespace) -> dict[str, Any]:
     if args.task == "upscale":
         params["image"] = args.image.read_bytes()
         params["noise_level"] = args.noise_level
-    elif args.task != "txt2img":
+    elif args.task == "sample" and args.class_label is not None:
+        label = args.class_label
+        params["class_label"] = int(label) if label.isdigit() else label
+    elif args.task not in ("txt2img", "sample"):
         params["init_image"] = args.init_image.read_bytes()
         params["strength"] = args.strength
     if args.task == "inpaint":

@@ -5,16 +5,20 @@ LDMPipeline; what the API refuses, and what /v1/models says of each kind."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from testkit.tiny_paper_models import build_tiny_ldm_classcond, build_tiny_ldm_uncond
 from tests import test_model_ldm_classcond as classcond
 from tests import test_model_ldm_uncond as uncond
-from tests.api_harness import ApiServer, serve
-from tests.conftest import RedisServer
+from tests.api_harness import KEY_A, ApiServer, serve
+from tests.conftest import REPO, RedisServer
 from tests.test_model_parity import assert_close
 from tests.test_parity_processes import served_image
 from tests.worker_harness import WorkerProcess
@@ -117,3 +121,15 @@ def test_models_say_what_each_kind_accepts(cin: ApiServer, celeba: ApiServer) ->
         (info,) = client.get("/v1/models").json()["data"]
         assert client.get("/v1/models/celeba/classes").status_code == 404
     assert (info["tasks"], info["num_classes"]) == (["sample"], None)
+
+
+def test_cli_client_samples_a_class(cin: ApiServer, cin_model: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "client", "sample", "--url", cin.url, "--api-key",
+         KEY_A, "--class-label", "class 4", "--seed", "5", "--steps", str(classcond.STEPS),
+         "--sampler", "ddim", "--guidance-scale", "3", "-o", str(tmp_path / "out.png")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ours = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    assert_close(ours[None], classcond.reference(cin_model, 4, 5, 3.0)[None])
