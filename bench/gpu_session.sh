@@ -37,7 +37,9 @@ if [ -n "${SMOKE:-}" ]; then
         --direct-repeats 1 --width 64 --height 64)
 else
   compiled=(--device "$DEVICE")
-  load=(--sd15 --device "$DEVICE" --dtype float16 --compile auto --clients 32 --max-batch 16
+  # eager on both sides: the service-vs-direct ratio is what part 2 measures, and a compiled
+  # worker's warm-up (~5 min on an H100 with a cold cache) would not fit the session's budget
+  load=(--sd15 --device "$DEVICE" --dtype float16 --compile off --clients 32 --max-batch 16
         --direct-batch 16 --seconds 30 --direct-repeats 2 --width 512 --height 512)
 fi
 
