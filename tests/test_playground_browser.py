@@ -4,7 +4,7 @@ batching worker (slow): the API key field, a 422 shown on its field, txt2img wit
 from the event stream into the gallery, inpainting with a mask painted on the canvas, and the
 gallery back from localStorage after a reload; with a tiny x4 upscaler served, the form offers
 upscaling only and the gallery shows the 4x image. No Content-Security-Policy violation on the
-way."""
+way. (A class-conditional model's sample mode: tests/test_playground_sample_browser.py.)"""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def test_page_and_assets_are_served_with_the_csp(bare_api: ApiServer) -> None:
         "/": "text/html",
         "/playground/playground.js": "text/javascript",
         "/playground/api.js": "text/javascript",  # an ES module: only a JavaScript type runs
+        "/playground/sample.js": "text/javascript",
         "/playground/playground.css": "text/css",
     }
     # every file shipped is served, and nothing else
@@ -185,9 +186,10 @@ def test_txt2img_and_inpainting_in_the_browser(
     driver.find_element(By.ID, "api-key").send_keys(KEY_A)
     driver.find_element(By.NAME, "prompt").send_keys("a red circle on the left")
     wait.until(lambda _: "1 worker(s)" in status.text)  # the key went with GET /v1/models
-    # what this (SD-layout) model's worker runs; upscaling is an upscaler's
+    # what this (SD-layout) model's worker runs; upscaling is an upscaler's, sampling a model's
+    # without text
     assert task_options(driver) == {
-        "txt2img": True, "img2img": True, "inpaint": True, "upscale": False,
+        "txt2img": True, "img2img": True, "inpaint": True, "upscale": False, "sample": False,
     }  # fmt: skip
 
     # a 422 is shown on its field
@@ -280,7 +282,7 @@ def test_upscaling_in_the_browser(upscaler_stack: ApiServer, browser: Any, tmp_p
 
     # an upscaler runs nothing else: the form switched to it, with its own fields
     assert task_options(driver) == {
-        "txt2img": False, "img2img": False, "inpaint": False, "upscale": True,
+        "txt2img": False, "img2img": False, "inpaint": False, "upscale": True, "sample": False,
     }  # fmt: skip
     task = Select(driver.find_element(By.NAME, "task"))
     assert task.first_selected_option.get_attribute("value") == "upscale"

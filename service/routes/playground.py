@@ -19,10 +19,11 @@ HEADERS = {
     "Cache-Control": "no-cache",  # revalidated by ETag / Last-Modified: upgrades show at once
 }
 # Starlette adds "; charset=utf-8" to text/* types. The scripts are ES modules (playground.js
-# imports api.js), which browsers run only when served with a JavaScript type.
+# imports api.js and sample.js), which browsers run only when served with a JavaScript type.
 ASSETS = {
     "playground.js": "text/javascript",
     "api.js": "text/javascript",
+    "sample.js": "text/javascript",
     "playground.css": "text/css",
 }
 

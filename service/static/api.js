@@ -45,6 +45,11 @@ export class Client {
     return { data, served: data.find((entry) => entry.default) || data[0] };
   }
 
+  // A class-conditional model's class names by index (GET /v1/models/{name}/classes).
+  async classes(model) {
+    return (await this.json(`/v1/models/${encodeURIComponent(model)}/classes`)).data;
+  }
+
   // A job's server-sent events, parsed from the fetch() body: onEvent(name, data) per event.
   // Events end with a blank line; `event:` names one, `data:` lines carry it, `:` is a comment.
   async events(jobId, onEvent) {
@@ -141,15 +146,17 @@ export function upscaledSize(image) {
 // ---- The API's vocabulary -----------------------------------------------------------------
 // The JSON body of POST /v1/{task} from the form's fields (text as typed, uploads as data: URLs):
 // empty fields are left out (the API's defaults) and the API checks every bound; a missing
-// upload is a field error here.
+// upload is a field error here. Sampling (a model without text) sends no prompt.
 export function requestBody(task, fields) {
   const number = (name) => (fields[name] === '' ? undefined : Number(fields[name]));
-  const body = {
-    prompt: fields.prompt, negative_prompt: fields.negative_prompt, steps: number('steps'),
-    guidance_scale: number('guidance_scale'), seed: number('seed'),
+  const common = {
+    steps: number('steps'), guidance_scale: number('guidance_scale'), seed: number('seed'),
     sampler: fields.sampler || undefined,
   };
-  if (task === 'txt2img') return { ...body, width: number('width'), height: number('height') };
+  const size = { width: number('width'), height: number('height') };
+  if (task === 'sample') return { ...common, ...size, class_label: classLabel(fields.class_label) };
+  const body = { prompt: fields.prompt, negative_prompt: fields.negative_prompt, ...common };
+  if (task === 'txt2img') return { ...body, ...size };
   if (task === 'upscale') {
     if (!fields.image) throw fieldError('image', 'choose an image to upscale');
     return { ...body, image: fields.image, noise_level: number('noise_level') };
@@ -162,10 +169,31 @@ export function requestBody(task, fields) {
   return { ...body, mask_image: fields.mask_image, keep_unmasked: fields.keep_unmasked };
 }
 
+// A class as typed or picked from the list: an index ("3", or "3: goldfish" as the list offers
+// it) as a number, anything else as a name for the API to resolve (near matches in its 422 on a
+// miss); empty: none (an unconditional model's, or the API says a class is needed).
+export function classLabel(text = '') {
+  const typed = text.trim();
+  const index = /^(\d+)(:.*)?$/s.exec(typed);
+  return index ? Number(index[1]) : typed || undefined;
+}
+
+// The class picker's choices from a model's class names by index: "index: first synonym"
+// (ImageNet's names are comma-separated synonyms; all of them are the label), the index alone
+// for an unnamed class.
+export function classChoices(names) {
+  return names.map((name, index) => {
+    const first = name.split(',')[0].trim();
+    const value = first ? `${index}: ${first}` : String(index);
+    return { value, label: first === name ? '' : name };
+  });
+}
+
 // Whether `model` (from /v1/models) runs `task`. Its tasks are null until one of its workers has
-// started: then everything but upscaling is offered (an upscaler model runs nothing else).
+// started: then text-to-image's are offered (an upscaler or a model without text runs nothing
+// else, and says so once started).
 export function runs(model, task) {
-  return model.tasks ? model.tasks.includes(task) : task !== 'upscale';
+  return model.tasks ? model.tasks.includes(task) : !['upscale', 'sample'].includes(task);
 }
 
 export const terminal = (status) => !['queued', 'running'].includes(status);
@@ -179,6 +207,13 @@ export function describe({ status, progress, queue_position: position, error, ti
   return seconds != null ? `${status}, sampled in ${seconds.toFixed(1)} s` : status;
 }
 
+// What a job's images are of: its prompt, a sample's class (empty before the API has answered).
+export function subject(request) {
+  if (request.prompt) return request.prompt;
+  if (request.task !== 'sample') return request.task ? '(no prompt)' : '';
+  return request.class_label != null ? `class ${request.class_label}` : '(unconditional)';
+}
+
 // A job's resolved request in one line (empty before the API has answered).
 export function params(request) {
   if (!request.task) return '';
@@ -186,8 +221,9 @@ export function params(request) {
   const parts = [request.task, request.task === 'upscale' ? `${size} (x${UPSCALE_FACTOR})` : size,
     `${request.steps} steps`, request.sampler, `guidance ${request.guidance_scale}`,
     `seed ${request.seed}`, request.model];
+  const init = request.task === 'img2img' || request.task === 'inpaint';
   if (request.task === 'upscale') parts.push(`noise level ${request.noise_level}`);
-  else if (request.task !== 'txt2img') parts.push(`strength ${request.strength}`);
+  else if (init) parts.push(`strength ${request.strength}`);
   if (request.negative_prompt) parts.push(`negative: ${request.negative_prompt}`);
   return parts.join(' · ');
 }

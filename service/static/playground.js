@@ -1,8 +1,11 @@
 // ldm-serve playground, the page: the form, the mask painted on a canvas, the gallery. The API
-// key and this browser's jobs live in localStorage; every call to the API goes through api.js.
+// key and this browser's jobs live in localStorage; every call to the API goes through api.js;
+// the sample task's fields (a model without text) are sample.js's.
 import {
-  Client, describe, maskImage, params, readImage, requestBody, runs, terminal, upscaledSize,
+  Client, describe, maskImage, params, readImage, requestBody, runs, subject, terminal,
+  upscaledSize,
 } from './api.js';
+import { showSampleMode } from './sample.js';
 
 const KEY_STORE = 'ldm-serve.apiKey';
 const JOBS_STORE = 'ldm-serve.jobs';
@@ -13,6 +16,7 @@ const field = (name) => form.elements.namedItem(name);
 const client = new Client(() => $('api-key').value);
 const state = {
   current: null, init: null, upscale: null, painted: false, jobs: loadJobs(), cards: new Map(),
+  model: null, // the served model, as /v1/models describes it
 };
 
 function el(tag, text) {
@@ -82,7 +86,7 @@ function renderCard(entry) {
   }
   const request = entry.request || {};
   Object.assign(card.dataset, { task: request.task || '', status: entry.status || '' });
-  card.querySelector('.prompt').textContent = request.prompt || (request.task ? '(no prompt)' : '');
+  card.querySelector('.prompt').textContent = subject(request);
   card.querySelector('.params').textContent = params(request);
   card.querySelector('.state').textContent = entry.note || entry.status || '';
   if (entry.status === 'succeeded' && !card.dataset.loaded) loadImages(card, entry);
@@ -191,10 +195,11 @@ function taskChanged() {
   const init = task === 'img2img' || task === 'inpaint';
   $('image-panel').hidden = $('size-note').hidden = !init;
   $('upscale-panel').hidden = task !== 'upscale';
-  field('width').disabled = field('height').disabled = task !== 'txt2img';
+  field('width').disabled = field('height').disabled = !['txt2img', 'sample'].includes(task);
   $('mask-tools').hidden = $('mask-note').hidden = task !== 'inpaint';
   $('mask-canvas').classList.toggle('painting', task === 'inpaint');
   field('strength').value = task === 'inpaint' ? '1' : '0.75'; // the API's defaults
+  showSampleMode(task, state.model, client);
 }
 
 // ---- Submitting ---------------------------------------------------------------------------
@@ -231,6 +236,7 @@ async function submit(event) {
 async function loadModels() {
   try {
     const { data, served } = await client.models();
+    state.model = served;
     const sampler = field('sampler');
     const chosen = sampler.value;
     const names = served.samplers.map((name) => new Option(name));
@@ -242,7 +248,7 @@ async function loadModels() {
     if (task.selectedOptions[0].disabled && first) { // e.g. an upscaler: upscale only
       task.value = first.value;
       taskChanged();
-    }
+    } else showSampleMode(task.value, served, client); // its size, its class names
     $('models-status').textContent = data.map((entry) =>
       `${entry.name}: ${entry.workers} worker(s), ${entry.queue_depth} queued`).join('; ');
   } catch (error) {
