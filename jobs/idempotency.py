@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs import keys
-from jobs.schema import JobRecord
+from jobs.record import JobRecord
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs import keys
-from jobs.schema import JobWarning, ResolvedRequest, Task
+from jobs.record import JobWarning
+from jobs.schema import ResolvedRequest, Task
 
 if TYPE_CHECKING:  # `ldm-serve generate` advises too, and needs no redis
     from redis import Redis

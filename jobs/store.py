@@ -27,8 +27,9 @@ from rq.worker_registration import get_keys as worker_keys
 
 from jobs import keys
 from jobs.quota import ActiveJobs, QueuePlaces
+from jobs.record import JobError, JobRecord, Usage
 from jobs.record_scripts import FINISH, PROGRESS, TRANSITION
-from jobs.schema import JobError, JobRecord, JobStatus, Usage
+from jobs.schema import JobStatus
 
 logger = logging.getLogger(__name__)
 

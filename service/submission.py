@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 
 from jobs.idempotency import IdempotencyClaims, body_fingerprint
 from jobs.model_profile import ModelProfile, read_profile
-from jobs.schema import JobRecord, JobStatus, ResolvedRequest, Task, Txt2ImgRequest
+from jobs.record import JobRecord
+from jobs.schema import JobStatus, ResolvedRequest, Task, Txt2ImgRequest
 from jobs.store import JobStore
 from service.errors import Problem
 from service.metrics import ApiMetrics

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.schema import JobError, JobRecord, JobStatus, JobWarning, ResolvedRequest, Usage
+from jobs.record import JobError, JobRecord, JobWarning, Usage
+from jobs.schema import JobStatus, ResolvedRequest
 from jobs.webhooks import WebhookDelivery, WebhookEvent
 
 

@@ -12,7 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from jobs.destinations import DestinationPolicy
-from jobs.schema import JobRecord, Txt2ImgRequest
+from jobs.record import JobRecord
+from jobs.schema import Txt2ImgRequest
 from jobs.webhooks import Webhook, WebhookEvent
 from service.settings import ApiSettings
 

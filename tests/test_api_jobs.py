@@ -14,7 +14,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from jobs import keys
-from jobs.schema import JobError, JobStatus
+from jobs.record import JobError
+from jobs.schema import JobStatus
 from jobs.store import JobStore
 from tests.api_harness import KEY_B, ApiServer, api_fixture, store_fixture, tiny_png  # noqa: F401
 

@@ -12,15 +12,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from jobs import keys
-from jobs.schema import (
-    DEFAULT_LIMITS,
-    JobError,
-    JobRecord,
-    JobStatus,
-    Limits,
-    Txt2ImgRequest,
-    request_model,
-)
+from jobs.record import JobError, JobRecord
+from jobs.schema import DEFAULT_LIMITS, JobStatus, Limits, Txt2ImgRequest, request_model
 from jobs.store import JobStore, QueueFullError
 from tests.api_harness import store_fixture  # noqa: F401
 

@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from jobs import keys
-from jobs.schema import JobRecord, JobStatus, ResolvedRequest
+from jobs.record import JobRecord
+from jobs.schema import JobStatus, ResolvedRequest
 from jobs.store import JobStore
 from jobs.webhooks import Webhook, WebhookSecrets
 from tests.api_harness import KEY_B, ApiServer, serve, tiny_png

@@ -13,7 +13,8 @@ import pytest
 import redis
 from PIL import Image
 
-from jobs.schema import JobRecord, JobStatus, ResolvedRequest
+from jobs.record import JobRecord
+from jobs.schema import JobStatus, ResolvedRequest
 from jobs.store import JobStore
 from tests.api_harness import encode_png
 from tests.conftest import RedisServer

@@ -15,7 +15,8 @@ import pytest
 import redis
 from rq import Worker
 
-from jobs.schema import JobRecord, JobStatus, ResolvedRequest
+from jobs.record import JobRecord
+from jobs.schema import JobStatus, ResolvedRequest
 from jobs.store import JobStore
 from tests.conftest import REPO, free_port
 

@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from jobs.schema import ResolvedRequest, Usage
+from jobs.record import Usage
+from jobs.schema import ResolvedRequest
 from workers.batching import Slot, is_complete, job_progress
 from workers.rq_bridge import Claim
 

@@ -14,7 +14,8 @@ from redis.exceptions import OutOfMemoryError as RedisFull
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.images import BadImage
-from jobs.schema import JobError, JobStatus, Task
+from jobs.record import JobError
+from jobs.schema import JobStatus, Task
 from jobs.store import JobStore
 from model.engine import Sample
 from workers import batching

@@ -182,7 +182,8 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
 
 def abandoned_hook(store: JobStore, metrics: WorkerMetrics) -> Callable[[str, bool], None]:
     """Keep our record in step when rq's cleanup requeues or fails a dead worker's job."""
-    from jobs.schema import JobError, JobStatus
+    from jobs.record import JobError
+    from jobs.schema import JobStatus
 
     def on_abandoned(job_id: str, requeued: bool) -> None:
         if requeued:

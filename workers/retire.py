@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from jobs.schema import JobError, JobStatus, Usage
+from jobs.record import JobError, Usage
+from jobs.schema import JobStatus
 from jobs.store import JobStore
 from model.errors import NonFiniteOutput
 from workers.images import encode

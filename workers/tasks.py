@@ -14,7 +14,8 @@ from typing import Any
 from redis import Redis
 from rq import get_current_job
 
-from jobs.schema import JobError, JobStatus
+from jobs.record import JobError
+from jobs.schema import JobStatus
 from jobs.store import JobStore
 from model.engine import BatchEngine
 from model.errors import Canceled

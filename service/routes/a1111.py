@@ -22,7 +22,8 @@ from PIL import Image
 from jobs import keys
 from jobs.image_requests import Img2ImgRequest, InpaintRequest
 from jobs.images import DATA_URL
-from jobs.schema import JobRecord, JobStatus, Txt2ImgRequest, request_model
+from jobs.record import JobRecord
+from jobs.schema import JobStatus, Txt2ImgRequest, request_model
 from jobs.store import JobStore
 from service.deps import Store, SubmitDeps
 from service.openapi import problem_responses

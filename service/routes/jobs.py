@@ -13,7 +13,8 @@ from fastapi import APIRouter, Path, Response, status
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from jobs.schema import JobRecord, JobStatus
+from jobs.record import JobRecord
+from jobs.schema import JobStatus
 from jobs.store import JobStore
 from service.auth import Owner
 from service.deps import Store

@@ -21,7 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from jobs.image_requests import Img2ImgRequest, InpaintRequest, VariationRequest
-from jobs.schema import Txt2ImgRequest, Usage, request_model
+from jobs.record import Usage
+from jobs.schema import Txt2ImgRequest, request_model
 from jobs.store import JobStore
 from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner

@@ -40,17 +40,18 @@ def build_router(settings: ApiSettings) -> APIRouter:
         idempotency_key: IdempotencyKey = None,
     ) -> JobView:
         """Resolve the class and the size, then enqueue; 202 with the job."""
+        body: SampleRequest = payload
         _, store, _, _ = deps
-        model = payload.model or settings.model_name
+        model = body.model or settings.model_name
         check_task(store, settings, model, SampleRequest.task)
         profile = read_profile(store.redis, model)
         resolved = {
             "task": SampleRequest.task,
             "prompt": "",
-            "class_label": resolved_class(payload, model, profile, store, settings),
-            **resolved_size(payload, profile, settings.limits),
+            "class_label": resolved_class(body, model, profile, store, settings),
+            **resolved_size(body, profile, settings.limits),
         }
-        return enqueue(payload, str(uuid.uuid4()), owner, idempotency_key, response, deps,
+        return enqueue(body, str(uuid.uuid4()), owner, idempotency_key, response, deps,
                        resolved)  # fmt: skip
 
     return router
