@@ -236,19 +236,33 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     config_dir: str | Path | None = None,
     clip_skip: int = 1,
+    tokenizer_dir: str | Path | None = None,
 ) -> Pipeline:
-    """Load a diffusers folder or a single .safetensors/.ckpt file onto a device."""
+    """Load a diffusers folder, a single .safetensors/.ckpt file, or a CompVis checkpoint with
+    its YAML (`config_dir` a .yaml, a same-stem .yaml or config.yaml beside the .ckpt, or a
+    model-zoo folder of config.yaml + model.ckpt; `tokenizer_dir` for its BERT tokenizer)."""
+    from model.checkpoint.compvis import explain_missing_config, find_compvis, load_compvis
     from model.checkpoint.diffusers_folder import is_diffusers_folder, load_diffusers
     from model.checkpoint.files import CheckpointError
     from model.checkpoint.ldm_folders import load_ldm_folder
 
     path = Path(path)
+    config = Path(config_dir) if config_dir else None
+    compvis = find_compvis(path, config, Path(tokenizer_dir) if tokenizer_dir else None)
     if is_diffusers_folder(path):
         components = load_ldm_folder(path) or load_diffusers(path)
+    elif compvis is not None:
+        components = load_compvis(*compvis)
     elif path.is_file():
         from model.checkpoint.single_file import load_single_file
 
-        components = load_single_file(path, Path(config_dir) if config_dir else None)
+        try:
+            components = load_single_file(path, config)
+        except CheckpointError as error:  # a paper model's .ckpt without its YAML: say so
+            explained = error if config else explain_missing_config(path, error)
+            if explained is error:
+                raise
+            raise explained from None
     else:
         raise CheckpointError(f"{path}: not a diffusers folder or a checkpoint file")
     log.info("loaded %s on %s (%s)", path, device, dtype)

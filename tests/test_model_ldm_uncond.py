@@ -144,3 +144,28 @@ def test_cli_asks_text_models_for_a_prompt(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--prompt is required" in result.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+def test_kl_unconditional_folder_matches_diffusers_and_writes_back(tmp_path: Path) -> None:
+    """The paper's KL-reg. unconditional models (LSUN-churches LDM-KL-8): an LDMPipeline folder
+    with an AutoencoderKL in `vqvae/` loads, draws diffusers' image, and is written back."""
+    from diffusers import AutoencoderKL, LDMPipeline, UNet2DModel
+
+    from model.checkpoint.ldm_folders_save import save_ldm_folder
+    from testkit.tiny_paper_models import tiny_ldm_scheduler, tiny_unet2d_config
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32, 32), latent_channels=3, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, scaling_factor=0.5,
+    )  # fmt: skip
+    unet = UNet2DModel(**tiny_unet2d_config())
+    path = tmp_path / "ldm-kl"
+    LDMPipeline(vqvae=vae, unet=unet, scheduler=tiny_ldm_scheduler()).save_pretrained(str(path))
+    pipe = load_pipeline(path)
+    assert pipe.tasks == ("sample",) and pipe.native_size == SIZE
+    images = ours(BatchEngine(pipe), [spec("ddim", 3)])
+    assert_close(images, theirs(path, "ddim", [3]))
+    back = save_ldm_folder(pipe.components, tmp_path / "back", torch.float32)
+    assert_close(ours(BatchEngine(load_pipeline(back)), [spec("ddim", 3)]), images)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import BertTokenizer
 
+from model.autoencoder import AutoencoderKL
 from model.checkpoint.diffusers_folder import (
     load_unet,
     load_unet2d,
@@ -26,6 +27,7 @@ from model.class_embedder import ClassEmbedder, ClassEmbedderConfig, default_cla
 from model.components import Components
 from model.ldm_bert import LDMBert, LDMBertConfig
 from model.sampling.schedule import ScheduleConfig
+from model.vq import VQAutoencoder
 
 TEXT_TO_IMAGE = "LDMTextToImagePipeline"
 UNCONDITIONAL = "LDMPipeline"
@@ -90,7 +92,7 @@ def load_unconditional(path: Path) -> Components:
     latents decode at the VQModel config's scaling factor, as the pipeline divides by it."""
     components = Components(
         unet=load_unet2d(path / "unet"),
-        vae=load_vq(path / "vqvae"),
+        vae=load_autoencoder(path / "vqvae"),
         text_encoder=None,
         tokenizer=None,
         schedule=read_schedule(path),
@@ -98,6 +100,13 @@ def load_unconditional(path: Path) -> Components:
     if components.unet.config.in_channels != components.vae.config.latent_channels:
         raise CheckpointError(f"{path}: the UNet's input is not the autoencoder's latent")
     return components
+
+
+def load_autoencoder(folder: Path) -> AutoencoderKL | VQAutoencoder:
+    """The `vqvae/` folder's autoencoder: a VQModel, or an AutoencoderKL (the paper's KL-reg.
+    unconditional models, e.g. LSUN-churches LDM-KL-8, which LDMPipeline decodes the same way)."""
+    config = json.loads((folder / "config.json").read_text())
+    return load_vae(folder) if config.get("_class_name") == "AutoencoderKL" else load_vq(folder)
 
 
 def load_super_resolution(path: Path) -> Components:
