@@ -58,6 +58,8 @@ def run_autoencoder(args: argparse.Namespace) -> int:
 
     from training.autoencoder_trainer import AutoencoderTraining, train_autoencoder
 
+    if args.kind == "vq":
+        return run_vq_autoencoder(args)
     images, _ = _load_data(args)
     held_out = images[-256:]
     training = AutoencoderTraining(
@@ -71,6 +73,32 @@ def run_autoencoder(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         init=args.init,
         decoder_only=args.decoder_only,
+    )
+    return 0
+
+
+def run_vq_autoencoder(args: argparse.Namespace) -> int:
+    """Stage 1 handler, VQ-regularized variant (the paper's VQ-reg.; Table 8)."""
+    import numpy as np
+    import torch
+
+    from training.vq_trainer import SHAPES_CODEBOOK, VQTraining, train_vq_autoencoder
+
+    if args.init is not None or args.decoder_only:
+        raise SystemExit("--init and --decoder-only are for --kind kl")
+    images, _ = _load_data(args)
+    training = VQTraining(
+        **_overrides(args, batch_size="batch_size", learning_rate="lr", target_psnr="target_psnr")
+    )
+    train_vq_autoencoder(
+        np.ascontiguousarray(images[:-256]),
+        images[-256:],
+        args.run_dir,
+        training=training,
+        codebook_size=args.codebook_size or SHAPES_CODEBOOK,
+        resume=not args.no_resume,
+        output=args.output,
+        dtype=torch.float16 if args.fp16 else torch.float32,
     )
     return 0
 
@@ -149,8 +177,24 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "train", help="train the autoencoder, then the latent diffusion model"
     )
     stages = train.add_subparsers(dest="stage", required=True)
-    stage1 = stages.add_parser("autoencoder", help="stage 1: KL autoencoder")
+    stage1 = stages.add_parser("autoencoder", help="stage 1: KL (or VQ) autoencoder")
     _data_args(stage1)
+    stage1.add_argument(
+        "--kind",
+        choices=("kl", "vq"),
+        default="kl",
+        help="regularizer: kl (the served model's) or vq (the paper's VQ-reg. variant)",
+    )
+    stage1.add_argument(
+        "--codebook-size", type=int, default=None, help="--kind vq: codes (default 256)"
+    )
+    stage1.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="--kind vq: the diffusers VQModel folder written (default: RUN_DIR/vqvae)",
+    )
+    stage1.add_argument("--fp16", action="store_true", help="--kind vq: fp16 folder weights")
     stage1.add_argument(
         "--run-dir", type=Path, default=Path("runs/autoencoder"), help="checkpoints and logs"
     )

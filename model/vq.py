@@ -23,9 +23,9 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(num_embeddings, dim)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Each latent pixel of z (B, C, h, w) replaced by its nearest code (Euclidean)."""
-        _, _, height, width = z.shape
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Index (B, h, w) of each latent pixel's nearest code (Euclidean) in z (B, C, h, w)."""
+        batch, _, height, width = z.shape
         codebook = self.embedding.weight.to(z.dtype)  # (K, C)
         codes = []
         # Image by image, in fixed chunks: a pixel's code never depends on what shares its batch.
@@ -33,7 +33,12 @@ class VectorQuantizer(nn.Module):
             flat = rearrange(image, "c h w -> (h w) c")  # (h*w, C)
             parts = flat.split(CHUNK_ROWS)
             codes += [torch.cdist(part, codebook).argmin(dim=1) for part in parts]  # (n,) each
-        quantized = self.embedding(torch.cat(codes)).to(z.dtype)  # (B*h*w, C)
+        return torch.cat(codes).view(batch, height, width)  # (B, h, w)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Each latent pixel of z (B, C, h, w) replaced by its nearest code (Euclidean)."""
+        _, _, height, width = z.shape
+        quantized = self.embedding(self.codes(z).flatten()).to(z.dtype)  # (B*h*w, C)
         return rearrange(quantized, "(b h w) c -> b c h w", h=height, w=width)
 
 
