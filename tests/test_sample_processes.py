@@ -133,3 +133,44 @@ def test_cli_client_samples_a_class(cin: ApiServer, cin_model: Path, tmp_path: P
     assert result.returncode == 0, result.stderr
     ours = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
     assert_close(ours[None], classcond.reference(cin_model, 4, 5, 3.0)[None])
+
+
+@pytest.fixture(scope="module")
+def cin_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 1000-class cin256-layout model as a diffusers-style folder and as CompVis' model zoo
+    has it (model.ckpt + its YAML), converted by `ldm-serve convert`'s code."""
+    from cli.main import main
+    from testkit.tiny_compvis import build_compvis_classcond
+
+    root = tmp_path_factory.mktemp("zoo")
+    folder = build_compvis_classcond(root / "folder", classes=1000)
+    ckpt = root / "cin256" / "model.ckpt"
+    assert main(["convert", str(folder), str(ckpt), "--dtype", "float32"]) == 0
+    return folder, ckpt
+
+
+def test_a_compvis_checkpoint_serves_imagenet_classes_by_name(
+    redis_server: RedisServer, cin_zoo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The worker loads the .ckpt + YAML; "goldfish" is ImageNet's class 1; the image is the one
+    the folder form draws (whose parity with the reference is tests/test_model_ldm_classcond)."""
+    from model.engine import BatchEngine
+    from model.pipeline import load_pipeline
+    from model.txt2img import run
+
+    folder, ckpt = cin_zoo
+    body = {**COMMON, "class_label": "goldfish", "seed": 5, "guidance_scale": 3.0}
+    for api in stack_for(redis_server, 13, "cin256", ckpt, tmp_path):
+        with api.client() as client:
+            reply = client.post("/v1/sample", json=body)
+            assert reply.status_code == 202, reply.text
+            assert reply.json()["request"]["class_label"] == 1
+            served = served_image(client, reply.json()["id"])
+            (info,) = client.get("/v1/models").json()["data"]
+            names = client.get("/v1/models/cin256/classes").json()["data"]
+            crane = client.post("/v1/sample", json={**body, "class_label": "crane"})
+    assert info["num_classes"] == 1000 and names[1].startswith("goldfish")
+    assert crane.status_code == 422 and "134: 'crane'; 517: 'crane'" in crane.text, crane.text
+    spec = classcond.spec(1, 5, 3.0)
+    expected = np.asarray(run(BatchEngine(load_pipeline(folder)), [spec])[0])
+    assert_close(served[None], expected[None])

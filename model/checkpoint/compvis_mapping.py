@@ -63,7 +63,7 @@ def unet_config(c: LDMConfig) -> UNetConfig:
         attention_levels=tuple(2**i in u.attention_resolutions for i in levels),
         num_heads=tuple(u.heads(i) for i in levels), context_dim=u.context_dim,
         transformer_depth=u.transformer_depth, use_linear_projection=u.use_linear_in_transformer,
-        norm_groups=GROUPS,
+        norm_groups=GROUPS, sample_size=u.image_size,
     )  # fmt: skip
     try:
         for level in levels:
@@ -118,6 +118,7 @@ def compvis_yaml(c: Components, kind: str, latent_size: int | None) -> dict[str,
     code could not build the networks as they are."""
     u, vae = c.unet.config, c.vae.config
     s = c.schedule
+    latent_size = latent_size or u.sample_size
     inverse = {v: k for k, v in BETA_SCHEDULES.items()}
     params: dict[str, Any] = {
         "linear_start": s.beta_start, "linear_end": s.beta_end, "timesteps": s.num_train_timesteps,
