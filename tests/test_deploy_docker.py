@@ -141,10 +141,13 @@ def requirement_closure(requirements: list[str]) -> set[str]:
 
 
 def module_level_imports(package: str) -> set[str]:
-    """Top-level modules that package's files import at module level (not inside functions)."""
+    """Top-level modules that package's files import at module level (not inside functions,
+    nor under `if TYPE_CHECKING:`, which never runs)."""
     names: set[str] = set()
     for path in sorted((REPO / package).rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                node = ast.If(test=node.test, body=[], orelse=node.orelse)  # the else part runs
             nodes = [node]
             if isinstance(node, ast.If | ast.Try):
                 nodes = list(ast.walk(node))
