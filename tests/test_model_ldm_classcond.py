@@ -134,6 +134,7 @@ def generate(model: Path, out: Path, *options: str) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
+@pytest.mark.slow  # three CLI processes, ~20 s
 def test_cli_generate_samples_a_class_by_name_at_the_model_size(
     classcond: Path, tmp_path: Path
 ) -> None:
