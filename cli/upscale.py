@@ -12,12 +12,8 @@ from jobs.schema import MAX_NOISE_LEVEL, Sampler
 
 def run_upscale(args: argparse.Namespace) -> int:
     from jobs.images import BadImage, as_init_image, decode, fit, job_size
-    from model.devices import DTYPES, resolve_device
-    from model.engine import BatchEngine
-    from model.pipeline import load_pipeline
-    from model.txt2img import run, specs_for
 
-    problem = invalid_options(args)
+    problem = invalid_options(args)  # before torch is imported: a usage error answers at once
     if problem:
         print(f"ldm-serve upscale: error: {problem}", file=sys.stderr)
         return 2
@@ -26,6 +22,11 @@ def run_upscale(args: argparse.Namespace) -> int:
     except (OSError, BadImage) as exc:
         print(f"ldm-serve upscale: error: --image {args.image}: {exc}", file=sys.stderr)
         return 2
+    from model.devices import DTYPES, resolve_device
+    from model.engine import BatchEngine
+    from model.pipeline import load_pipeline
+    from model.txt2img import run, specs_for
+
     low = fit(image, job_size(image, None, None))  # rounded down to a multiple of 8
     started = time.perf_counter()
     pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype])

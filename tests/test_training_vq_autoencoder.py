@@ -64,6 +64,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, images: np.ndarray) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # trains (~10 s on 2 cores)
 def test_vq_training_lowers_the_loss(run: Path) -> None:
     history = json.loads((run / "losses.json").read_text())
     assert len(history) == 40 and np.mean(history[-5:]) < np.mean(history[:5])
@@ -72,12 +73,14 @@ def test_vq_training_lowers_the_loss(run: Path) -> None:
     assert model.encode(torch.zeros(1, 3, 64, 64)).shape == (1, 4, 16, 16)
 
 
+@pytest.mark.slow  # trains (~10 s on 2 cores)
 def test_vq_training_resumes(run: Path, images: np.ndarray, capsys: pytest.CaptureFixture) -> None:
     training = VQTraining(steps=40, batch_size=8, eval_every=40, threads=1)
     train_vq_autoencoder(images[:128], images[128:], run, TINY_AE, training, 32)
     assert "resumed VQ stage 1 from" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains (~10 s on 2 cores)
 def test_folder_decodes_the_same_in_ldm_serve_and_diffusers(run: Path, images: np.ndarray) -> None:
     from diffusers import VQModel
 
@@ -96,6 +99,7 @@ def test_folder_decodes_the_same_in_ldm_serve_and_diffusers(run: Path, images: n
     assert isinstance(load_autoencoder_folder(folder), VQAutoencoder)
 
 
+@pytest.mark.slow  # trains (~10 s on 2 cores)
 def test_cli_trains_the_vq_kind(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The real command on the shapes config: 3 steps, 256 held-out scenes, an fp16 folder."""
     argv = ["train", "autoencoder", "--kind", "vq", "--steps", "3", "--batch-size", "2"]
