@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from jobs.idempotency import IdempotencyClaims, body_fingerprint
 from jobs.model_profile import ModelProfile, read_profile
 from jobs.record import JobRecord
-from jobs.schema import JobStatus, ResolvedRequest, Task, Txt2ImgRequest
+from jobs.schema import JobStatus, Limits, ResolvedRequest, Task, Txt2ImgRequest
 from jobs.store import JobStore
 from service.errors import Problem
 from service.metrics import ApiMetrics
@@ -72,6 +72,23 @@ def job_reply(response: Response, store: JobStore, record: JobRecord) -> JobView
 def invalid(field: str, message: str) -> RequestValidationError:
     """A 422 naming `field`, in the same shape as the framework's own."""
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+def check_size(
+    limits: Limits, width: int, height: int, steps: int, images: int, blame: Mapping[str, str]
+) -> None:
+    """422 unless each side is within the size bounds and the pixel and cost caps hold; `blame`
+    names the request field answerable for "width", "height" and the "area"."""
+    for field, value in (("width", width), ("height", height)):
+        if not limits.min_size <= value <= limits.max_size:
+            raise invalid(blame[field], f"{field} {value} is outside [{limits.min_size}, "
+                                        f"{limits.max_size}]")  # fmt: skip
+    if width * height > limits.max_pixels:
+        raise invalid(blame["area"], f"{width}x{height} exceeds the maximum of "
+                                     f"{limits.max_pixels} pixels")  # fmt: skip
+    if width * height * steps * images > limits.max_cost:
+        raise invalid(blame["area"], "width x height x steps x num_images exceeds the cost cap "
+                                     f"LDM_MAX_COST = {limits.max_cost}")  # fmt: skip
 
 
 def check_task(store: JobStore, settings: ApiSettings, model: str, task: Task) -> None:

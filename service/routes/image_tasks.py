@@ -22,7 +22,13 @@ from jobs.schema import IMAGE_FIELDS, Limits, Txt2ImgRequest, request_model
 from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.settings import ApiSettings
-from service.submission import SUBMIT_RESPONSES, IdempotencyKey, enqueue, invalid
+from service.submission import (
+    SUBMIT_RESPONSES,
+    IdempotencyKey,
+    check_size,
+    enqueue,
+    invalid,
+)
 from service.views import JobView
 
 Req = TypeVar("Req", bound=Txt2ImgRequest)
@@ -84,17 +90,10 @@ def prepared(
             raise invalid(name, str(exc)) from None
     source = "image" if isinstance(body, UpscaleRequest) else "init_image"
     width, height = output_size(body, images[source], source)
-    side = "width" if body.width is not None else source  # what set the size
-    for field, value in (("width", width), ("height", height)):
-        if not limits.min_size <= value <= limits.max_size:
-            name = field if getattr(body, field) is not None else source
-            raise invalid(name, f"{field} {value} is outside [{limits.min_size}, "
-                                f"{limits.max_size}]")  # fmt: skip
-    if width * height > limits.max_pixels:
-        raise invalid(side, f"{width}x{height} exceeds the maximum of {limits.max_pixels} pixels")
-    if width * height * body.steps * body.num_images > limits.max_cost:
-        raise invalid(side, f"width x height x steps x num_images exceeds the cost cap "
-                            f"LDM_MAX_COST = {limits.max_cost}")  # fmt: skip
+    blame = {field: field if getattr(body, field) is not None else source
+             for field in ("width", "height")}  # what set each side  # fmt: skip
+    blame["area"] = blame["width"]
+    check_size(limits, width, height, body.steps, body.num_images, blame)
     if "mask_image" in images:
         init, mask = images["init_image"], as_mask(images["mask_image"])
         if mask.size != init.size:

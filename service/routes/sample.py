@@ -15,7 +15,14 @@ from jobs.store import JobStore
 from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.settings import ApiSettings
-from service.submission import SUBMIT_RESPONSES, IdempotencyKey, check_task, enqueue, invalid
+from service.submission import (
+    SUBMIT_RESPONSES,
+    IdempotencyKey,
+    check_size,
+    check_task,
+    enqueue,
+    invalid,
+)
 from service.views import JobView
 
 
@@ -83,17 +90,10 @@ def resolved_class(
 
 def resolved_size(body: SampleRequest, profile: ModelProfile, limits: Limits) -> dict[str, int]:
     """Width and height: as given, else the model's native size (the limits' default when no
-    worker said); 422 past the pixel or cost caps."""
+    worker said); 422 past the size bounds or the pixel and cost caps."""
     native = profile.native_size or limits.default_size
     width, height = body.width or native, body.height or native
-    side = "width" if body.width is not None or body.height is None else "height"
-    for field, value in (("width", width), ("height", height)):
-        if not limits.min_size <= value <= limits.max_size:
-            raise invalid(field, f"{field} {value} (the model's size) is outside "
-                                 f"[{limits.min_size}, {limits.max_size}]")  # fmt: skip
-    if width * height > limits.max_pixels:
-        raise invalid(side, f"{width}x{height} exceeds the maximum of {limits.max_pixels} pixels")
-    if width * height * body.steps * body.num_images > limits.max_cost:
-        raise invalid(side, f"width x height x steps x num_images exceeds the cost cap "
-                            f"LDM_MAX_COST = {limits.max_cost}")  # fmt: skip
+    area = "width" if body.width is not None or body.height is None else "height"
+    blame = {"width": "width", "height": "height", "area": area}
+    check_size(limits, width, height, body.steps, body.num_images, blame)
     return {"width": width, "height": height}
