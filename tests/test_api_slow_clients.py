@@ -21,6 +21,8 @@ import pytest
 from tests.api_harness import DEFAULT_ENV, KEY_A, auth
 from tests.conftest import REPO, RedisServer, free_port, wait_for_port
 
+pytestmark = pytest.mark.slow  # waits out read deadlines (~10 s)
+
 READ_TIMEOUT_S = 3.0
 GRACE_S = 3.0
 LORISES = 50

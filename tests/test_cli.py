@@ -100,7 +100,11 @@ def test_generate_rejects_what_the_api_would_in_one_line(argv: list[str], messag
             ["--image", "/nonexistent.png"],
             "--image /nonexistent.png: [Errno 2] No such file or directory: '/nonexistent.png'",
         ),  # fmt: skip
-        ([], "--model models/default is not an upscaler (it runs: txt2img, img2img, inpaint)"),
+        pytest.param(  # loads the model (torch): seconds, where the others answer at once
+            [],
+            "--model models/default is not an upscaler (it runs: txt2img, img2img, inpaint)",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_upscale_rejects_bad_options_in_one_line(argv: list[str], message: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.judge import THRESHOLDS, adherence, find_objects, judge
 from training.shapes import COLOURS, Scene, ShapeObject, eval_samples, make_samples, render
 
 
+@pytest.mark.slow  # renders and judges thousands of scenes (~5 s)
 def test_judge_is_at_least_99_percent_right_on_ground_truth() -> None:
     samples = make_samples(1500, seed=123) + eval_samples()
     verdicts = [judge(render(s.scene), s) for s in samples]
