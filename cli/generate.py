@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING
 from jobs.schema import DEFAULT_LIMITS, Sampler, Task, Txt2ImgRequest, request_model
 
 if TYPE_CHECKING:  # the registrar stays light: model/ loads torch
+    from collections.abc import Sequence
+
+    from PIL.Image import Image
+
     from model.pipeline import Pipeline
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -72,14 +76,19 @@ def run_generate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     images = run(BatchEngine(pipe), specs)
     done = time.perf_counter()
-    out = Path(args.out)
+    save_images(images, args.out)
+    print(f"loaded in {loaded - started:.2f}s, generated {n} image(s) in {done - loaded:.2f}s")
+    return 0
+
+
+def save_images(images: Sequence[Image], out: str | Path) -> None:
+    """Save one image as OUT, several as OUT-0, OUT-1, ... (its folder made); print each path."""
+    out, n = Path(out), len(images)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if n == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
     for image, path in zip(images, paths, strict=True):
         image.save(path)
         print(path)
-    print(f"loaded in {loaded - started:.2f}s, generated {n} image(s) in {done - loaded:.2f}s")
-    return 0
 
 
 def sampling_options(args: argparse.Namespace, pipe: Pipeline) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import up
-from cli.up import LOOPBACK, up_env  # noqa: F401  (up_env: tests/test_api_defaults.py imports it here)
+from cli.up import up_env  # noqa: F401  (up_env: tests/test_api_defaults.py imports it here)
 from jobs.schema import Sampler
 
 if TYPE_CHECKING:
@@ -22,17 +22,8 @@ if TYPE_CHECKING:
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the serving subcommands (`up` lives in cli/up.py)."""
     api = commands.add_parser("api", help="run the HTTP API (uvicorn; no torch)")
-    api.add_argument(
-        "--host",
-        default=os.environ.get("LDM_API_HOST", LOOPBACK),
-        help="address to listen on; 0.0.0.0 opens the API to every interface "
-        "(default: $LDM_API_HOST, else 127.0.0.1)",
-    )
-    api.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("LDM_API_PORT", "8000")),
-        help="port to listen on (default: $LDM_API_PORT, else 8000)",
+    up.add_address_options(
+        api, "address to listen on; 0.0.0.0 opens the API to every interface", "port to listen on"
     )
     api.add_argument("--log-level", default="info", help="uvicorn's log level")
     api.set_defaults(handler=run_api)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 LOOPBACK = "127.0.0.1"
+DEFAULT_PORT = 8000  # the API's, unless $LDM_API_PORT or --port says otherwise
 DESCRIPTION = """\
 The whole service on this machine, in the foreground: Redis (when none answers at REDIS_URL),
 the API on http://127.0.0.1:8000 and one worker with the shipped model on the CPU. A process
@@ -37,17 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="run Redis (if none is reachable), the API and a worker, in the foreground",
         description=DESCRIPTION,
     )
-    up.add_argument(
-        "--host",
-        default=os.environ.get("LDM_API_HOST", LOOPBACK),
-        help="address the API listens on; 0.0.0.0 opens it to every interface "
-        "(default: $LDM_API_HOST, else 127.0.0.1)",
-    )
-    up.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("LDM_API_PORT", "8000")),
-        help="API port (default: $LDM_API_PORT, else 8000)",
+    add_address_options(
+        up, "address the API listens on; 0.0.0.0 opens it to every interface", "API port"
     )
     up.add_argument(
         "--data-dir",
@@ -57,6 +49,22 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "(default: $XDG_STATE_HOME/ldm-serve, else ~/.local/state/ldm-serve)",
     )
     up.set_defaults(handler=run_up)
+
+
+def add_address_options(parser: argparse.ArgumentParser, host_help: str, port_help: str) -> None:
+    """--host and --port of the API (`api` and `up`): $LDM_API_HOST and $LDM_API_PORT, else
+    127.0.0.1:8000."""
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("LDM_API_HOST", LOOPBACK),
+        help=f"{host_help} (default: $LDM_API_HOST, else {LOOPBACK})",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("LDM_API_PORT", DEFAULT_PORT)),
+        help=f"{port_help} (default: $LDM_API_PORT, else {DEFAULT_PORT})",
+    )
 
 
 def run_up(args: argparse.Namespace) -> int:

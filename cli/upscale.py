@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli.generate import save_images
 from jobs.schema import MAX_NOISE_LEVEL, Sampler
 
 
@@ -45,12 +46,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     loaded = time.perf_counter()
     images = run(BatchEngine(pipe), specs)
     done = time.perf_counter()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if n == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
-    for result, path in zip(images, paths, strict=True):
-        result.save(path)
-        print(path)
+    save_images(images, args.out)
     megapixels = n * images[0].width * images[0].height / 1e6
     print(f"loaded in {loaded - started:.2f}s, upscaled {low.width}x{low.height} -> "
           f"{images[0].width}x{images[0].height} ({n} image(s)) in {done - loaded:.2f}s, "

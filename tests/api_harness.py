@@ -10,6 +10,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import httpx
 import pytest
@@ -102,6 +103,21 @@ def store_fixture(redis_url: str) -> Iterator[JobStore]:
     client = redis.Redis.from_url(redis_url)
     yield JobStore(client, result_ttl=60)
     client.close()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Poll `url`/readyz until it answers 200; fail with the tail of `log` if `process` (`ldm-serve
+    up`, say) exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, f"up exited:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"not ready:\n{log.read_text()[-4000:]}"
+        time.sleep(0.2)
 
 
 def encode_png(image: Image.Image) -> bytes:

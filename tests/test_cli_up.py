@@ -23,6 +23,7 @@ import pytest
 
 from cli.client import Client
 from cli.local_redis import embedded_redis_server
+from tests.api_harness import wait_ready
 from tests.conftest import REPO, free_port
 
 pytestmark = [
@@ -51,19 +52,6 @@ class Stack:
         pids = [int(pid) for pid in found.stdout.split()]
         assert len(pids) == 1, (pattern, found.stdout, self.log.read_text()[-3000:])
         return pids[0]
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, f"up exited:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"stack not ready:\n{log.read_text()[-4000:]}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

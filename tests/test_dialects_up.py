@@ -22,7 +22,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from tests.api_harness import encode_png
+from tests.api_harness import encode_png, wait_ready
 from tests.conftest import REPO, RedisServer, free_port
 from tests.worker_harness import tiny_model
 
@@ -40,19 +40,6 @@ class Up:
 
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, f"up exited:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"not ready:\n{log.read_text()[-4000:]}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module", params=["shipped", "tiny-sd"])
