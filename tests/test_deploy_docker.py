@@ -238,7 +238,7 @@ def test_runs_as_non_root_with_a_healthcheck(image: str) -> None:
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_image_env_vars_are_settings(image: str) -> None:
-    from tests.test_deploy_compose import all_settings
+    from tests.deploy_compose_harness import all_settings
 
     unknown = {key for key in env_keys(image) if not TOOL_ENV.match(key)} - all_settings()
     assert not unknown, f"{image}: ENV {sorted(unknown)} are not settings"
