@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 from jobs.schema import DEFAULT_LIMITS, Sampler, Task, Txt2ImgRequest, request_model
 
 if TYPE_CHECKING:  # the registrar stays light: model/ loads torch
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from PIL.Image import Image
+    from pydantic import ValidationError
 
     from model.pipeline import Pipeline
 
@@ -145,15 +146,21 @@ def invalid_options(args: argparse.Namespace) -> str | None:
     try:
         request_model(LIMITS)(**values)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "prompt"
-            option = OPTIONS.get(name, "--" + name.replace("_", "-"))
-            shown = "" if isinstance(error["input"], str | dict) else f" {error['input']}"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{option}{shown}: {message}")
-        return "; ".join(problems)
+        return option_problems(exc, OPTIONS)
     return None
+
+
+def option_problems(exc: ValidationError, options: Mapping[str, str]) -> str:
+    """A request's validation errors in the CLI's words, one line: `--option [value]: message`
+    (strings are not echoed back; an error naming no field is the prompt's)."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "prompt"
+        option = options.get(name, "--" + name.replace("_", "-"))
+        shown = "" if isinstance(error["input"], str | dict) else f" {error['input']}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{option}{shown}: {message}")
+    return "; ".join(problems)
 
 
 def missing_files(args: argparse.Namespace) -> str | None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli.generate import save_images
+from cli.generate import option_problems, save_images
 from jobs.schema import MAX_NOISE_LEVEL, Sampler
 
 
@@ -69,12 +69,7 @@ def invalid_options(args: argparse.Namespace) -> str | None:
     try:
         UpscaleRequest(**values)
     except ValidationError as exc:
-        options = {"guidance_scale": "--guidance"}
-        return "; ".join(
-            f"{options.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))} "
-            f"{e['input']}: {e['msg']}"
-            for e in exc.errors()
-        )
+        return option_problems(exc, {"guidance_scale": "--guidance"})
     return None
 
 
