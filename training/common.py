@@ -1,7 +1,9 @@
-"""Shared training utilities: images as tensors, PSNR, grids, progress and resumable checkpoints."""
+"""Shared training utilities: images as tensors, PSNR, grids, progress, the learning-rate schedule
+and resumable checkpoints."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -48,6 +50,14 @@ def save_grid(images: Sequence[np.ndarray], path: Path, columns: int = 8, pad: i
         ] = image
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
+
+
+def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10% of the base rate (SGDR, Loshchilov & Hutter 2017)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 class Progress:

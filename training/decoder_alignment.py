@@ -23,8 +23,7 @@ from model.autoencoder import AutoencoderKL
 from model.components import Components
 from model.pipeline import to_uint8
 from model.sampling.schedule import alphas_cumprod
-from training.autoencoder_trainer import learning_rate
-from training.common import psnr, to_tensor
+from training.common import learning_rate, psnr, to_tensor
 from training.ldm_trainer import token_ids
 
 GRID = list(range(999, -1, -40))  # 25 DDIM steps: t = 999, 959, ..., 39

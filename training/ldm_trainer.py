@@ -20,10 +20,11 @@ from model.checkpoint.diffusers_folder import save_diffusers
 from model.conditioning import WINDOW, windows
 from model.sampling.schedule import ScheduleConfig, alphas_cumprod
 from model.unet import UNet, UNetConfig
-from training.autoencoder_trainer import learning_rate, load_autoencoder
+from training.autoencoder_trainer import load_autoencoder
 from training.common import (
     EMA,
     Progress,
+    learning_rate,
     load_checkpoint,
     save_checkpoint,
     seed_everything,

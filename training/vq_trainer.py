@@ -6,6 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,17 +18,15 @@ from model.checkpoint import configs, keymap
 from model.checkpoint.diffusers_folder import WEIGHT_NAMES
 from model.checkpoint.files import write_safetensors
 from model.vq import VectorQuantizer, VQAutoencoder
-from training.autoencoder_eval import codebook_usage, reconstruct
-from training.autoencoder_trainer import SHAPES_AUTOENCODER, learning_rate, zero_init_residuals
-from training.common import (
-    Progress,
-    load_checkpoint,
-    psnr,
-    save_checkpoint,
-    save_grid,
-    seed_everything,
-    to_tensor,
+from training.autoencoder_eval import codebook_usage
+from training.autoencoder_loop import (
+    AutoencoderObjective,
+    fit_autoencoder,
+    reconstruction_loss,
+    zero_init_residuals,
 )
+from training.autoencoder_trainer import SHAPES_AUTOENCODER
+from training.common import seed_everything
 
 # 90% of the shapes data's aligned 4x4 patches are one of 9 flat colours and the rest are object
 # edges; 256 codes (8 bits per latent pixel) leave ~250 for edges, and a codebook this small is
@@ -83,6 +82,66 @@ def restart_dead_codes(
     picks = torch.randint(len(flat), (len(dead),), generator=generator)
     quantizer.embedding.weight[dead] = flat[picks].to(quantizer.embedding.weight.dtype)
     return len(dead)
+
+
+class VQObjective(AutoencoderObjective):
+    """VQGAN's loss, no discriminator: L1 + L2, codebook + beta * commitment (VQ-VAE, Eq. 3)."""
+
+    name, title, stage = "vq-autoencoder", "VQ autoencoder", "VQ stage 1"
+    model: VQAutoencoder
+
+    def __init__(self, model: VQAutoencoder, training: VQTraining) -> None:
+        super().__init__(model)
+        self.training = training
+        self.codebook_size = model.quantize.embedding.num_embeddings
+        self.usage = torch.zeros(self.codebook_size, dtype=torch.long)  # hits since last restart
+        self.batch_latents = torch.empty(0)  # the last batch's z, where dead codes restart
+
+    def loss(
+        self, x: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Reconstruction through the straight-through codes, plus the quantization terms."""
+        z = self.model.encode(x)  # (B, C, H/f, W/f), pre-quantization
+        z_q, quantization, codes = quantize_straight_through(
+            self.model.quantize, z, self.training.beta
+        )
+        rec = self.model.decoder(self.model.post_quant_conv(z_q))
+        reconstruction = reconstruction_loss(rec, x)
+        self.usage += torch.bincount(codes.flatten(), minlength=self.codebook_size)
+        self.batch_latents = z.detach()
+        return reconstruction + quantization, {"rec": reconstruction.item()}
+
+    def after_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        """Dead-code restarts every `restart_every` steps, until `restart_until` of the run."""
+        training, restarted = self.training, 0
+        restarting = step <= training.restart_until * training.steps
+        if training.restart_every and step % training.restart_every == 0 and restarting:
+            quantizer = self.model.quantize
+            restarted = restart_dead_codes(quantizer, self.usage, self.batch_latents, generator)
+            self.usage.zero_()
+        return {"restarted": restarted}
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-quantization latents (what `decode` snaps to the codebook)."""
+        return self.model.encode(x)
+
+    def size_note(self) -> str:
+        """The codebook size."""
+        return f"{self.codebook_size} codes, "
+
+    def eval_note(self, codes: torch.Tensor | None) -> str:
+        """Share of codes used and perplexity on the held-out images (LDM Table 8)."""
+        assert codes is not None  # `reconstruct` returns the codes of a VQ model
+        used, perplexity = codebook_usage(codes, self.codebook_size)
+        return f", codes used {used:.1%}, perplexity {perplexity:.1f}"
+
+    def state(self) -> dict[str, Any]:
+        """Code hits since the last restart."""
+        return {"usage": self.usage}
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Code hits since the last restart."""
+        self.usage = payload["usage"]
 
 
 def save_vq_autoencoder(model: VQAutoencoder, path: Path) -> None:
@@ -143,93 +202,20 @@ def train_vq_autoencoder(
     """Train on uint8 (N, H, W, 3) images; writes autoencoder.pt and a VQModel folder (`output`,
     default run_dir/vqvae) and returns the model with its scaling factor set."""
     seed_everything(training.seed, training.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
     model = VQAutoencoder(config, codebook_size)
     with torch.no_grad():
         zero_init_residuals(model)  # as the KL stage: colour flows through the skips from step 0
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(training.seed)
-    usage = torch.zeros(codebook_size, dtype=torch.long)  # code hits since the last restart
-    checkpoint, start = run_dir / "checkpoint.pt", 0
-    if resume and checkpoint.exists():
-        payload = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
-        generator.set_state(payload["generator"])
-        usage, start = payload["usage"], payload["step"]
-        print(f"resumed VQ stage 1 from {checkpoint} at step {start}", flush=True)
-    params = sum(p.numel() for p in model.parameters())
-    print(
-        f"VQ autoencoder: {params / 1e6:.2f}M params, f={config.downsampling_factor}, "
-        f"{codebook_size} codes, {len(images)} images",
-        flush=True,
-    )
     settings = {"codebook_size": codebook_size, "training": dataclasses.asdict(training)}
     settings["autoencoder"] = dataclasses.asdict(config)
-    (run_dir / "config.json").write_text(json.dumps(settings, indent=2))
-    progress = Progress(training.steps, start, every=50, name="vq-autoencoder")
-    model.train()
-    for step in range(start + 1, training.steps + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(
-                step - 1, training.steps, training.learning_rate, training.warmup
-            )
-        index = torch.randint(len(images), (training.batch_size,), generator=generator)
-        x = to_tensor(images[index.numpy()])  # (B, 3, H, W)
-        if torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        z = model.encode(x)  # (B, C, H/f, W/f), pre-quantization
-        z_q, quantization, codes = quantize_straight_through(model.quantize, z, training.beta)
-        rec = model.decoder(model.post_quant_conv(z_q))
-        error = rec - x
-        reconstruction = error.abs().mean() + error.pow(2).mean()  # L1 + L2, as the KL stage
-        loss = reconstruction + quantization
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        usage += torch.bincount(codes.flatten(), minlength=codebook_size)
-        restarted = 0
-        restarting = step <= training.restart_until * training.steps
-        if training.restart_every and step % training.restart_every == 0 and restarting:
-            restarted = restart_dead_codes(model.quantize, usage, z.detach(), generator)
-            usage.zero_()
-        progress.update(step, loss.item(), rec=reconstruction.item(), restarted=restarted)
-        stop = False
-        if step % training.eval_every == 0 or step == training.steps:
-            model.eval()
-            recon, held_codes = reconstruct(model, held_out)
-            value = psnr(held_out, recon)
-            used, perplexity = codebook_usage(held_codes, codebook_size)
-            print(
-                f"[vq-autoencoder] step {step} held-out PSNR {value:.2f} dB, codes used "
-                f"{used:.1%}, perplexity {perplexity:.1f}",
-                flush=True,
-            )
-            save_grid([*held_out[:8], *recon[:8]], run_dir / f"recon_{step:06d}.png")
-            stop = training.target_psnr is not None and value >= training.target_psnr
-            model.train()
-        if step % training.checkpoint_every == 0 or stop:
-            save_checkpoint(
-                checkpoint,
-                step,
-                model=model,
-                optimizer=optimizer,
-                generator=generator.get_state(),
-                usage=usage,
-            )
-        if stop:
-            print(f"[vq-autoencoder] reached target PSNR at step {step}; stopping", flush=True)
-            break
-    model.eval()
-    (run_dir / "losses.json").write_text(json.dumps(progress.history))
-    with torch.no_grad():  # 1 / std of the pre-quantization latents diffusion would run on
-        some = images[:1024]
-        z = torch.cat([model.encode(to_tensor(some[i : i + 64])) for i in range(0, len(some), 64)])
-    scale = float(1.0 / z.flatten().std())
-    model.config = dataclasses.replace(model.config, scaling_factor=round(scale, 5))
+    objective = VQObjective(model, training)
+    progress = fit_autoencoder(
+        objective, model.parameters(), images, held_out, run_dir, training, settings, resume
+    )
     save_vq_autoencoder(model, run_dir / "autoencoder.pt")
     folder = save_vq_folder(model, output or run_dir / "vqvae", dtype)
     print(
-        f"[vq-autoencoder] done in {progress.elapsed / 60:.1f} min, scaling_factor {scale:.5f}, "
-        f"wrote {folder}",
+        f"[vq-autoencoder] done in {progress.elapsed / 60:.1f} min, "
+        f"scaling_factor {model.config.scaling_factor:.5f}, wrote {folder}",
         flush=True,
     )
     return model
