@@ -1,5 +1,5 @@
 """Namespace hosts for the multi-host tests: skip reasons and a cluster fixture that always
-cleans up (bench/netns.py builds the network, bench/multihost.py runs the hosts)."""
+cleans up (bench/netns.py builds the network, bench/multihost_cluster.py runs the hosts)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     deleted, also when the test or the start fails. Stale labs of killed runs are swept first."""
     skip_without_lab()
     pytest.importorskip("httpx")
-    from bench.multihost import Cluster
+    from bench.multihost_cluster import Cluster
 
     model = REPO / "models" / "default"
     if not (model / "model_index.json").exists():

@@ -81,10 +81,10 @@ def test_lab_hosts_talk_inside_the_bridge_only_and_vanish_on_cleanup(tmp_path: P
 @pytest.mark.slow
 def test_two_worker_hosts_serve_clearly_more_than_one(cluster: Any) -> None:
     """Best of two runs per worker count, each started once other processes are quiet and
-    repeated while they competed (bench.multihost.measure). On a machine that stays busy (other
-    processes took more than BUSY cores during a kept run) a missed speed-up is not evidence
-    against scaling out: skip, with the figures, instead of failing."""
-    from bench.multihost import throughput
+    repeated while they competed (bench.multihost_throughput.measure). On a machine that stays
+    busy (other processes took more than BUSY cores during a kept run) a missed speed-up is not
+    evidence against scaling out: skip, with the figures, instead of failing."""
+    from bench.multihost_throughput import throughput
 
     runs = throughput(cluster, [1, 2], jobs=48, clients=12, steps=STEPS, size=SIZE, repeats=2,
                       tries=2, quiet_timeout=30,
@@ -105,7 +105,8 @@ def test_two_worker_hosts_serve_clearly_more_than_one(cluster: Any) -> None:
 
 @pytest.mark.slow
 def test_a_worker_host_killed_mid_batch_loses_no_job(cluster: Any) -> None:
-    from bench.multihost import WORKER_ENV, kill_scenario
+    from bench.multihost_cluster import WORKER_ENV
+    from bench.multihost_faults import kill_scenario
 
     result = kill_scenario(cluster, "w3", ["w1", "w2"], clients=8, steps=STEPS, size=SIZE)
     print(result)
@@ -123,7 +124,7 @@ def test_a_worker_host_killed_mid_batch_loses_no_job(cluster: Any) -> None:
 
 @pytest.mark.slow
 def test_a_worker_host_partitioned_30s_rejoins_and_no_job_runs_twice(cluster: Any) -> None:
-    from bench.multihost import partition_scenario
+    from bench.multihost_faults import partition_scenario
 
     result = partition_scenario(cluster, "w2", ["w1"], seconds=30, clients=8, steps=STEPS,
                                 size=SIZE, after_heal=10)  # fmt: skip
