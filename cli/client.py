@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
+PASSING = {502, 503, 504}  # the API or its Redis is briefly away: a queued job is kept
 
 
 class ApiError(RuntimeError):
@@ -124,10 +125,19 @@ class Client:
         return payload
 
     def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.25) -> dict[str, Any]:
-        """Poll until the job ends; returns its final state."""
+        """Poll until the job ends; returns its final state. An outage on the way (a 502-504,
+        or no answer while `ldm-serve up` restarts the API) is polled through until `timeout`:
+        the job is safe in Redis and the worker carries on."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.job(job_id)
+            try:
+                job = self.job(job_id)
+            except (ApiError, ApiUnreachable) as error:
+                passing = isinstance(error, ApiUnreachable) or error.status in PASSING
+                if not passing or time.monotonic() > deadline:
+                    raise
+                time.sleep(max(poll, 1.0))
+                continue
             if job["status"] in TERMINAL:
                 return job
             if time.monotonic() > deadline:

