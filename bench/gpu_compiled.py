@@ -3,19 +3,25 @@ CPU), against diffusers eager and diffusers + torch.compile, same weights, one p
 
     python -m bench.gpu_compiled [--device cuda|cpu] [--out FILE] [--budget-s 420] [--repeats 3]
                                  [--smoke | --model FOLDER --size PX | --mid --size PX] [--big 16]
+                                 [--sweeps] [--gaps [--gap-attention cudnn|flash|math]]
 
 Rows, cheapest first so that a budget cut loses the costly ones: end to end txt2img (512 px,
 25 DDIM steps, CFG 7.5, fp16 UNet, fp32 VAE) at 1 and 16 images for each variant, with its
 warm-up (compile and capture) seconds, its images against our eager ones, and an image alone vs
-in a batch of 16; CFG rows fused in one call vs split in two, per bucket; decode peak memory
-per `decode_batch`. Steps/s is denoising steps of the batch per second, end to end (text
-encoding and decode included), as diffusers' benchmarks count it. --smoke: CPU, tiny widths.
+in a batch of 16; with --sweeps (CUDA): graphs over eager kernels, CFG rows fused in one call
+vs split in two per bucket, decode peak memory per `decode_batch`; with --gaps, the batch-16
+candidates against diffusers + compile: inductor on channels_last weights (diffusers' recipe), an
+SDPA backend forced for the whole compiled UNet (cuDNN's on Hopper), the decoder at one bucket,
+a bf16 VAE.
+Steps/s is denoising steps of the batch per second, end to end (text encoding and decode
+included), as diffusers' benchmarks count it. --smoke: CPU, tiny widths.
 diffusers is a bench-only oracle; this file is not imported by the service or the workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.diffusers_baseline import theirs_txt2img
 from bench.gpu import header
@@ -49,13 +56,23 @@ class Session:
         self.seconds: dict[tuple[str, int], float] = {}
         self.warm: dict[tuple[str, int], float] = {}
         self.variant_pipes: dict[str, Pipeline] = {}
+        self.attention: dict[str, SDPBackend] = {}  # variants traced under one SDPA backend
         self.images: dict[tuple[str, int], np.ndarray] = {}
 
     def run_of(self, name: str) -> Run:
         if name.startswith("diffusers"):
             return lambda n, steps: theirs_txt2img(self.theirs, n, self.size, steps)
         pipe = self.ours if name == "ours eager" else self.variant_pipes[name]
-        return lambda n, steps: ours_txt2img(pipe, n, self.size, steps)
+        backend = self.attention.get(name)
+
+        def run(n: int, steps: int) -> np.ndarray:
+            # inductor picks the SDPA kernel when it traces, so compile and replay under it
+            # first where it can run, the others after: the VAE's 512-wide head needs a fallback
+            order = [backend, *(b for b in ATTENTION.values() if b != backend)] if backend else []
+            with sdpa_kernel(order, set_priority=True) if order else contextlib.nullcontext():
+                return ours_txt2img(pipe, n, self.size, steps)
+
+        return run
 
     def timed(self, name: str, n: int) -> None:
         """Warm-up (the same shapes, 2 steps), then the median of `repeats` timed runs."""
@@ -97,9 +114,19 @@ class Session:
             ratio, ratio_c, f"{warm:.1f}", "; ".join(notes),
         )  # fmt: skip
 
-    def add_variant(self, name: str, inductor: bool, channels_last: bool = False) -> None:
-        """Our pipeline over the same weights, compiled (`inductor`: graphs over its kernels)."""
+    def add_variant(self, name: str, inductor: bool, channels_last: bool = False,
+                    decode_batch: int | None = None, attention: SDPBackend | None = None,
+                    vae_dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        """Our pipeline over the same weights, compiled (`inductor`: graphs over its kernels);
+        modules are shared, so a variant's layout (and VAE dtype) holds until another sets its
+        own."""
+        if vae_dtype is not None:
+            self.ours.components.vae.to(dtype=vae_dtype)
         pipe = Pipeline(self.ours.components, self.device, self.ours.dtype)
+        pipe.decode_batch = decode_batch or pipe.decode_batch
+        if attention is not None:
+            self.attention[name] = attention
+            torch._dynamo.reset()  # else dynamo replays the trace made under the default SDPA
         if self.device.type == "cuda":  # the CPU keeps the Pipeline's own (channels_last)
             layout = torch.channels_last if channels_last else torch.contiguous_format
             for module in (pipe.components.unet, pipe.components.vae):
@@ -185,6 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="a diffusers folder instead")
     parser.add_argument("--mid", action="store_true", help="bench.model's mid-size random model")
     parser.add_argument("--size", type=int, default=512, help="image side with --model/--mid")
+    parser.add_argument(
+        "--sweeps",
+        action="store_true",
+        help="CUDA: graphs over eager kernels, CFG fused vs split, decode memory",
+    )
+    parser.add_argument("--gaps", action="store_true", help="the batch-16 candidate variants")
+    parser.add_argument("--gap-attention", default="cudnn", choices=sorted(ATTENTION))
     args = parser.parse_args(argv)
     spec, steps = (SMOKE, 3) if args.smoke else (SD15, 25)
     repeats = 1 if args.smoke else args.repeats
@@ -220,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in (1, big):
         for variant in ("diffusers eager", "ours eager"):
             report.attempt(f"{variant} {n}", partial(s.timed, variant, n))
-    if cuda:
+    if cuda and args.sweeps:
         cuda_only_rows(s, big)
     report.table("Compiled by inductor: the costly warm-ups last", columns)
     compiled = "ours graphs+inductor" if cuda else "ours compiled"
@@ -229,9 +263,31 @@ def main(argv: list[str] | None = None) -> None:
     report.attempt("inductor setup", partial(s.add_variant, compiled, True))
     for n in (1, big):
         report.attempt(f"inductor {n}", partial(s.timed, compiled, n))
+    if args.gaps:
+        gap_rows(s, compiled, big, ATTENTION[args.gap_attention])
     report.attempt("diffusers compile 1", partial(s.timed, "diffusers compile", 1))
     s.summary(columns)
     progress("done")
+
+
+ATTENTION = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
+
+
+def gap_rows(s: Session, compiled: str, big: int, attention: SDPBackend) -> None:
+    """Batch-`big` candidates for the gap to diffusers + compile (docs/benchmarks.md): the
+    decoder at one bucket (16 fp32 latents at once), SDPA forced to `attention`, inductor over
+    channels_last weights, and last (it converts the shared VAE) a bf16 VAE, which cannot
+    overflow as fp16 does; each compiles its own buckets, so only `big` runs."""
+    variants = [
+        (f"{compiled}, decode_batch {big}", dict(decode_batch=big)),
+        (f"{compiled}, {attention.name.lower()} SDPA", dict(attention=attention)),
+        (f"{compiled}, channels_last", dict(channels_last=True)),
+        (f"{compiled}, bf16 VAE", dict(vae_dtype=torch.bfloat16)),
+    ]
+    for name, options in variants:
+        s.report.attempt(f"{name} setup", partial(s.add_variant, name, True, **options))
+        s.report.attempt(f"{name} {big}", partial(s.timed, name, big))
 
 
 def cuda_only_rows(s: Session, big: int) -> None:
