@@ -152,9 +152,11 @@ class SamplingGrid:
         sigma = torch.as_tensor(sigma, dtype=torch.float32).detach().cpu()
         flat = sigma.reshape(-1)  # (N,)
         match = flat[:, None] == self.sigmas[None, :-1]  # (N, steps)
-        interp = sigma_to_t(flat.double().numpy(), self.log_sigmas.numpy())
-        exact = self.timesteps[match.float().argmax(dim=1)]
-        t = torch.where(match.any(dim=1), exact, torch.from_numpy(interp).float())
+        on_grid = match.any(dim=1)  # (N,)
+        t = self.timesteps[match.float().argmax(dim=1)]  # (N,)
+        if not bool(on_grid.all()):  # off the grid (second-order midpoints): interpolate
+            interp = sigma_to_t(flat.double().numpy(), self.log_sigmas.numpy())
+            t = torch.where(on_grid, t, torch.from_numpy(interp).float())
         return t.reshape(sigma.shape)
 
 
