@@ -67,12 +67,22 @@ def c_compiler(cxx: bool = False) -> str | None:
 
 
 def persist_cache(directory: Path | None) -> None:
-    """Keep inductor's compiled kernels (and autotune results) under `directory`, so a restarted
-    worker loads them instead of compiling again. An explicit TORCHINDUCTOR_CACHE_DIR wins."""
-    if directory is None or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+    """Keep inductor's compiled graphs (and autotune results) under `directory`, Triton's GPU
+    kernels in its `triton/`, so a restarted worker loads them instead of compiling again.
+
+    An explicit TORCHINDUCTOR_CACHE_DIR (TRITON_CACHE_DIR) wins. Importing torch._dynamo sets
+    TORCHINDUCTOR_CACHE_DIR to torch's default, /tmp/torchinductor_<user>: that value is torch's,
+    not the user's, and is replaced (inductor reads the variable on every cache access).
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if directory is None:
         return
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    os.environ.setdefault("TRITON_CACHE_DIR", str(directory / "triton"))
 
 
 def compile_call(fn: TensorFn, device: torch.device, inductor: bool = True) -> TensorFn:
