@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
@@ -41,6 +42,11 @@ def describe(reason: object) -> str:
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror[:1].lower() + reason.strerror[1:]
     return str(reason)
+
+
+def passing(error: ApiError | ApiUnreachable) -> bool:
+    """Whether the error is an outage that passes: a 502-504, or no answer at all."""
+    return isinstance(error, ApiUnreachable) or error.status in PASSING
 
 
 class JobFailed(RuntimeError):
@@ -100,16 +106,29 @@ class Client:
         prompt: str,
         idempotency_key: str | None = None,
         task: str = "txt2img",
+        retry_s: float = 0.0,
         **params: Any,
     ) -> dict[str, Any]:
         """POST /v1/{task} (txt2img, img2img, inpaint, upscale, sample; image bytes as base64);
-        returns the queued job."""
+        returns the queued job. With `retry_s`, a 502-504 (the API is there, its Redis is away)
+        is retried for that long under one Idempotency-Key (a random one unless given), so a
+        retry after a lost answer gets the job the first attempt made, never a second. No answer
+        at all is not retried: a mistyped URL should fail at once."""
+        if retry_s > 0 and not idempotency_key:
+            idempotency_key = str(uuid.uuid4())
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
         for name in ("init_image", "mask_image", "image"):
             if isinstance(body.get(name), bytes):
                 body[name] = base64.b64encode(body[name]).decode()
-        return self._json("POST", f"/v1/{task}", body, headers)  # fmt: skip
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return self._json("POST", f"/v1/{task}", body, headers)  # fmt: skip
+            except ApiError as error:
+                if not passing(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """GET /v1/jobs/{id}."""
@@ -126,15 +145,14 @@ class Client:
 
     def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.25) -> dict[str, Any]:
         """Poll until the job ends; returns its final state. An outage on the way (a 502-504,
-        or no answer while `ldm-serve up` restarts the API) is polled through until `timeout`:
-        the job is safe in Redis and the worker carries on."""
+        or no answer while `ldm-serve up` restarts the API: the job's id proves the URL) is
+        polled through until `timeout`: the job is safe in Redis and the worker carries on."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 job = self.job(job_id)
             except (ApiError, ApiUnreachable) as error:
-                passing = isinstance(error, ApiUnreachable) or error.status in PASSING
-                if not passing or time.monotonic() > deadline:
+                if not passing(error) or time.monotonic() > deadline:
                     raise
                 time.sleep(max(poll, 1.0))
                 continue
@@ -145,8 +163,10 @@ class Client:
             time.sleep(poll)
 
     def txt2img(self, prompt: str, timeout: float = 600.0, **params: Any) -> list[bytes]:
-        """Submit, wait and download every image of one request (task= for image tasks)."""
-        job = self.wait(self.submit(prompt, **params)["id"], timeout=timeout)
+        """Submit, wait and download every image of one request (task= for image tasks); a
+        passing outage is waited out on the way (see `submit` and `wait`)."""
+        job = self.submit(prompt, retry_s=timeout, **params)
+        job = self.wait(job["id"], timeout=timeout)
         if job["status"] != "succeeded":
             raise JobFailed(job)
         return [self.image(job["id"], index) for index in range(len(job["images"]))]

@@ -242,7 +242,7 @@ def submit_and_fetch(
     """Submit, print the job's warnings on stderr, wait for it and download its images."""
     from cli.client import JobFailed
 
-    job = client.submit(args.prompt, **params)
+    job = client.submit(args.prompt, retry_s=args.timeout, **params)
     for warning in job.get("warnings", []):
         print(f"warning: {warning['message']}", file=sys.stderr)
     job = client.wait(job["id"], timeout=args.timeout)

@@ -172,8 +172,9 @@ def test_redis_killed_is_restarted_and_queued_jobs_survive(stack: Stack) -> None
 
 
 def test_a_running_job_and_its_waiting_client_ride_out_a_redis_kill(stack: Stack) -> None:
-    """The worker carries a running job across a Redis SIGKILL (same process, no requeue), and a
-    client already waiting on the job polls through the outage's 503s to its images."""
+    """The worker carries a running job across a Redis SIGKILL (same process, no requeue); a
+    request made during the outage is retried (under one Idempotency-Key) until it is accepted;
+    and a client already waiting on the first job polls through the 503s to its images."""
     client = Client(stack.url)
     worker = stack.child("cli.main worker")
     job = client.submit("a red circle", steps=150, num_images=4, seed=5)  # ~10 s of sampling
@@ -182,6 +183,8 @@ def test_a_running_job_and_its_waiting_client_ride_out_a_redis_kill(stack: Stack
         assert time.monotonic() < deadline, client.job(job["id"])
         time.sleep(0.1)
     os.kill(stack.child("redis-server"), signal.SIGKILL)
+    (png,) = client.txt2img("a green triangle", steps=3, seed=6, timeout=120)  # submitted at 503
+    assert png.startswith(b"\x89PNG")
     done = client.wait(job["id"], timeout=120)  # polls while the API answers 503
     assert done["status"] == "succeeded", done
     assert done["progress"] == {"step": 150, "total": 150}
