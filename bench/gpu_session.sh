@@ -4,16 +4,16 @@
 # after the other while the machine is warm: PARTS=1 (~8 min) then PARTS=23 (~4 min):
 #   1. bench/gpu_compiled.py: SD 1.5-size random weights, 512 px, 25 DDIM steps, CFG, fp16: ours
 #      eager / graphs over inductor vs diffusers eager and diffusers + torch.compile, 1 and 16
-#      images, then the batch-16 candidates (--gaps: decoder at one bucket, cuDNN SDPA, inductor
-#      on channels_last); SWEEPS=1 adds the rows measured on 2026-11-30 (graphs over eager
-#      kernels, CFG fused vs split, decode memory per batch);
+#      images, then the batch-16 candidates (--gaps: decoder at one bucket, bf16 VAE, cuDNN SDPA,
+#      inductor on channels_last); SWEEPS=1 adds the rows measured on 2026-11-30 (graphs over
+#      eager kernels, CFG fused vs split, decode memory per batch);
 #   2. bench/load.py --device cuda: api + worker (LDM_COMPILE=auto) + 32 closed-loop clients vs
 #      the direct pipeline at the worker's batch;
 #   3. the CUDA tests (graphs vs eager, fp16/bf16 vs fp32, fp32 VAE).
 # Needs (carried, see docs/benchmarks.md): .whl (diffusers, transformers and the API's packages
 # for the image's Python) and .gpu_carry/redis (a redis-server that runs there). Writes $OUT.
-# Env: PARTS (123), DEVICE (cuda), COMPILED_S (470), LOAD_S (150), TESTS_S (60); SMOKE=1: a CPU
-# dry run of every part.
+# Env: PARTS (1: all three would outrun a device call's 10 minutes), DEVICE (cuda), COMPILED_S
+# (470), LOAD_S (150), TESTS_S (60); SMOKE=1: a CPU dry run (PARTS=12 for both parts).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -36,7 +36,7 @@ say "host $(hostname); $(nvidia-smi --query-gpu=name,memory.total,driver_version
 python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)" 2>&1 | tee -a "$OUT/summary.txt"
 redis-server --version 2>&1 | tee -a "$OUT/summary.txt"
 
-PARTS=${PARTS:-123}
+PARTS=${PARTS:-1}
 if [ -n "${SMOKE:-}" ]; then
   compiled=(--smoke --big 2 --gaps --gap-attention math)
   load=(--tiny --device cpu --compile off --clients 4 --max-batch 4 --direct-batch 4 --seconds 5
@@ -71,4 +71,5 @@ if [[ $PARTS == *3* ]] && [ "$DEVICE" = cuda ]; then
   say "CUDA tests exit $? : $(tail -1 "$OUT/gpu_tests.log")"
 fi
 cat "$OUT/gpu_compiled.md" 2>/dev/null
+[[ $PARTS == *1* && $PARTS != *2* ]] && say "next, while the machine is warm: PARTS=23 bash $0"
 say "done"
