@@ -9,12 +9,14 @@ import re
 import shutil
 import subprocess
 import sysconfig
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_port
 
 yaml = pytest.importorskip("yaml")
 
@@ -197,3 +199,20 @@ def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedP
     # Only PATH and a throwaway HOME: no variable or config of the caller's shell leaks in.
     clean = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
     return subprocess.run(args, capture_output=True, text=True, env=clean, timeout=120, check=False)
+
+
+@contextmanager
+def running_redis(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """redis-server run with `args` until the block ends; its output fails the test if it never
+    listens on `port`."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_for_port(port, timeout=10)
+        except TimeoutError:
+            process.kill()
+            pytest.fail(process.communicate()[0].decode(errors="replace"))
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

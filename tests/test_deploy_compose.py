@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, free_port, redis_server_binary, wait_for_port
+from tests.conftest import REPO, free_port, redis_server_binary
 from tests.deploy_compose_harness import (
     PROMETHEUS_YML,
     REDIS_CONF,
@@ -24,6 +23,7 @@ from tests.deploy_compose_harness import (
     bind_mounts,
     compose_fixture,  # noqa: F401
     compose_schema_path,
+    running_redis,
     seconds,
 )
 
@@ -111,13 +111,7 @@ def test_redis_conf_loads_in_a_real_redis_server(tmp_path: Path) -> None:
     port = free_port()
     args = [binary, str(REDIS_CONF), "--port", str(port), "--bind", "127.0.0.1"]
     args += ["--dir", str(tmp_path), "--maxmemory", "64mb"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_for_port(port, timeout=10)
-        except TimeoutError:
-            process.kill()
-            pytest.fail(process.communicate()[0].decode(errors="replace"))
+    with running_redis(args, port):
         client = redis.Redis(port=port)
         expected = {
             "appendonly": "yes",
@@ -128,9 +122,6 @@ def test_redis_conf_loads_in_a_real_redis_server(tmp_path: Path) -> None:
         for key, value in expected.items():
             assert client.config_get(key)[key] == value, key
         client.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_workers_scale_and_prometheus_discovers_them(compose: dict[str, Any]) -> None:

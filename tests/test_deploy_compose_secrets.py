@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import free_port, redis_server_binary, wait_for_port
+from tests.conftest import free_port, redis_server_binary
 from tests.deploy_compose_harness import (
     APP_SERVICES,
     COMPOSE,
@@ -44,6 +44,7 @@ from tests.deploy_compose_harness import (
     load_compose,
     port_binding,
     required_variables,
+    running_redis,
 )
 
 
@@ -139,13 +140,7 @@ def test_redis_healthcheck_and_clients_work_against_the_compose_redis(
     args[args.index("--dir") + 1] = str(tmp_path)
     port = free_port()
     args += ["--port", str(port), "--bind", "127.0.0.1", "--maxmemory", "64mb"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_for_port(port, timeout=10)
-        except TimeoutError:
-            process.kill()
-            pytest.fail(process.communicate()[0].decode(errors="replace"))
+    with running_redis(args, port):
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).ping()
         url = urlsplit(compose["services"]["api"]["environment"]["REDIS_URL"])
@@ -162,9 +157,6 @@ def test_redis_healthcheck_and_clients_work_against_the_compose_redis(
         assert subprocess.run(["sh", "-c", shell], env=env, timeout=10).returncode != 0
         del env["REDISCLI_AUTH"]
         assert subprocess.run(["sh", "-c", shell], env=env, timeout=10).returncode != 0
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_docker_compose_config_renders_with_secure_defaults(tmp_path: Path) -> None:
