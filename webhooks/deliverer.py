@@ -207,11 +207,11 @@ def run(settings: DelivererSettings) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
                            health_check_interval=30)  # fmt: skip
     deliverer = Deliverer(settings, redis, DelivererMetrics())
-    deliverer.install_signal_handlers()
+    deliverer.install_signal_handlers()  # before the port opens: a probe's SIGTERM then drains
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     return deliverer.serve()
