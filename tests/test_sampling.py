@@ -258,6 +258,12 @@ def test_grid_timestep_lookup() -> None:
     assert grid.steps == 10 and grid.sigmas.shape == (11,) and grid.sigmas[-1] == 0
     assert torch.equal(grid.timestep_for(grid.sigmas[:-1]), grid.timesteps)  # exact
     assert grid.timestep_for(grid.sigmas[3]).shape == ()
+    for i in range(grid.steps):  # one sigma at a time (the engine's call): table lookup
+        assert torch.equal(grid.timestep_for(grid.sigmas[i]), grid.timesteps[i])
+        assert torch.equal(grid.timestep_for(grid.sigmas[i : i + 1]), grid.timesteps[i : i + 1])
+    grid.timestep_for(grid.sigmas[0]).add_(1)  # a caller's in-place edit leaves the grid alone
+    assert torch.equal(grid.timestep_for(grid.sigmas[0]), grid.timesteps[0])
+    assert torch.equal(grid.timestep_for(float(grid.sigmas[2])), grid.timesteps[2])
     train = training_sigmas(config)
     t = grid.timestep_for(train[[0, 250, 999]])  # interpolation hits integer steps
     torch.testing.assert_close(t, torch.tensor([0.0, 250.0, 999.0]), atol=1e-3, rtol=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -147,9 +148,19 @@ class SamplingGrid:
             sigmas_to=None if self.sigmas_to is None else self.sigmas_to[start:],
         )
 
+    @cached_property
+    def _timestep_by_sigma(self) -> dict[float, torch.Tensor]:
+        """Grid sigma -> its UNet t (0-d); the first step wins where a grid repeats a sigma."""
+        table: dict[float, torch.Tensor] = {}
+        for sigma, t in zip(self.sigmas[:-1].tolist(), self.timesteps.clone(), strict=True):
+            table.setdefault(sigma, t)
+        return table
+
     def timestep_for(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """UNet t for sigma (any shape): exact for grid sigmas, else log-sigma interpolation."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32).detach().cpu()
+        if sigma.numel() == 1 and (t := self._timestep_by_sigma.get(float(sigma))) is not None:
+            return t.reshape(sigma.shape).clone()  # the engine's case: one grid sigma per step
         flat = sigma.reshape(-1)  # (N,)
         match = flat[:, None] == self.sigmas[None, :-1]  # (N, steps)
         on_grid = match.any(dim=1)  # (N,)
