@@ -15,7 +15,7 @@ import re
 import warnings
 from typing import cast
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 SIZE_MULTIPLE = 8  # latent sizes: every supported VAE downsamples by a divisor of 8
@@ -44,7 +44,26 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         raise BadImage(f"not a {', '.join(FORMATS)} image, or a decompression bomb") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImage(f"could not decode the image: {exc}") from None
-    return ImageOps.exif_transpose(image)
+    return ImageOps.exif_transpose(_eight_bit(image))
+
+
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens a 16-bit greyscale PNG
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image scaled to 8 bits ('L', or 'LA' when a tRNS grey level marks
+    transparency): Pillow's own conversion clips at 255, so mid-grey would come out white."""
+    if image.mode not in WIDE_GREY:
+        return image
+    wide = image.convert("I")  # int32, 0..65535
+    grey = wide.point(lambda v: v / 257 + 0.5).convert("L")  # round(v * 255 / 65535)
+    key = image.info.get("transparency")
+    if not isinstance(key, int):
+        return grey
+    # alpha 0 exactly where the pixel equals the transparent grey level, else 255
+    above = wide.point(lambda v: (v - key) * 255).convert("L")
+    below = wide.point(lambda v: (key - v) * 255).convert("L")
+    return Image.merge("LA", (grey, ImageChops.lighter(above, below)))
 
 
 DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)

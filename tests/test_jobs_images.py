@@ -55,6 +55,19 @@ def test_init_image_alpha_is_composited_on_white_and_mask_alpha_means_repaint() 
     assert np.asarray(as_mask(opaque)).min() == 255  # opaque: luminance (white = repaint)
 
 
+def test_sixteen_bit_grey_is_scaled_not_clipped_and_its_trns_level_is_transparent() -> None:
+    levels = np.array([[0, 128, 257, 32768], [45000, 65535, 20000, 65534]], dtype=np.uint16)
+    eight = np.round(levels / 257).astype(np.uint8)  # 0 0 1 128 / 175 255 78 255
+    grey = decode(encoded(Image.fromarray(levels)), max_pixels=1000)
+    assert np.array_equal(np.asarray(as_init_image(grey))[..., 1], eight)
+    assert np.array_equal(np.asarray(as_mask(grey)), eight)
+    keyed = decode(encoded(Image.fromarray(levels), transparency=20000), max_pixels=1000)
+    repaint = np.asarray(as_mask(keyed))  # only the tRNS grey level is transparent
+    assert repaint[1, 2] == 255 and np.delete(repaint.ravel(), 6).max() == 0
+    init = np.asarray(as_init_image(keyed))[..., 0]
+    assert init[1, 2] == 255 and np.array_equal(np.delete(init.ravel(), 6), np.delete(eight, 6))
+
+
 def test_job_size_rounds_down_to_eight_and_fit_resizes() -> None:
     image = Image.new("RGB", (67, 45))
     assert job_size(image, None, None) == (64, 40)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from PIL import Image
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from tests.api_harness import KEY_A, ApiServer, serve
+from tests.api_harness import KEY_A, ApiServer, encode_png, serve
 from tests.conftest import REPO, RedisServer
 from tests.worker_harness import WorkerProcess, tiny_model
 
@@ -160,3 +161,45 @@ def test_heun_progress_counts_steps_not_denoiser_calls(
     assert running == sorted(running), seen  # never goes back
     assert steps - 2 <= max(running) < steps, seen  # the total is reached only at the end
     assert len(set(running)) >= 3, seen  # progress was visible along the way
+
+
+def sixteen_bit_png(levels: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG (Pillow opens it as mode I;16)."""
+    buffer = io.BytesIO()
+    Image.fromarray(levels.astype(np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_sixteen_bit_greyscale_uploads_mean_what_their_eight_bit_equivalents_mean(
+    api: ApiServer, worker: WorkerProcess
+) -> None:
+    """Found from outside: Pillow clips I;16 at 255, so a 16-bit mid-grey init image was white
+    and a mask's 20000/65535 grey was 'repaint'. Scaled, they are their 8-bit twins exactly."""
+    y, x = np.mgrid[0:32, 0:32]
+    init = (x * 2000 + y * 40).clip(0, 65535)  # 0..62000: almost all above 255
+    mask = np.choose((x // 8) % 4, [0, 20000, 45000, 65535])  # bands of four grey levels
+    as_8 = {name: encode_png(Image.fromarray(np.round(v / 257).astype(np.uint8)))
+            for name, v in (("init", init), ("mask", mask))}  # fmt: skip
+    as_16 = {"init": sixteen_bit_png(init), "mask": sixteen_bit_png(mask)}
+    base = {"prompt": "a grey fox", "seed": 11, "steps": 4, "strength": 0.6}
+    images: dict[tuple[str, str], np.ndarray] = {}
+    with api.client() as client:
+        for depth, files in (("8", as_8), ("16", as_16)):
+            bodies = {
+                "img2img": {**base, "init_image": b64(files["init"])},
+                "inpaint": {**base, "init_image": b64(files["init"]),
+                            "mask_image": b64(files["mask"])},
+            }  # fmt: skip
+            for task, body in bodies.items():
+                reply = client.post(f"/v1/{task}", json=body)
+                assert reply.status_code == 202, reply.text
+                job = wait(client, reply.json()["id"])
+                assert job["status"] == "succeeded", job
+                png = client.get(job["images"][0]).content
+                images[task, depth] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    for task in ("img2img", "inpaint"):
+        assert np.array_equal(images[task, "16"], images[task, "8"]), task
