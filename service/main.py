@@ -14,6 +14,7 @@ from jobs.webhooks import WebhookSecrets
 from service.auth import KeyRing
 from service.bodysize import BodySizeLimit
 from service.errors import install_handlers
+from service.head import HeadAsGet
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.openapi import install_problem_schema
 from service.ratelimit import RateLimiter
@@ -86,6 +87,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(playground.router)
     # Outermost last: metrics see every response, including the 413s of the body limit; the
     # Redis deadline starts once the body is in (a slow upload is the read deadline's business).
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RedisDeadline, budget_s=settings.redis_deadline_s)
     uploads = [*IMAGE_TASK_PATHS, *OPENAI_PATHS, f"{a1111.PREFIX}/img2img"]
     image_routes = dict.fromkeys(uploads, settings.max_image_body_bytes)

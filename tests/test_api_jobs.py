@@ -184,3 +184,32 @@ def test_a_key_only_sees_its_own_jobs(api: ApiServer, store: JobStore) -> None:
     store.redis.delete(keys.job(job["id"]))
     with api.client(KEY_B) as other:
         assert other.get(f"/v1/jobs/{job['id']}").status_code == 404, "others never see 410"
+
+
+def test_head_is_get_without_the_body(api: ApiServer, store: JobStore) -> None:
+    """RFC 9110 9.3.2 (found from outside: `curl -I` got 405 on every route)."""
+    job = submit(api)
+    take(store, job["id"])
+    store.finish(job["id"], JobStatus.succeeded, images=[tiny_png(3, 2)])
+    queued = submit(api)["id"]  # its event stream would run until the job ends
+    stable = [f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/images/0", "/healthz"]
+    with api.client() as client:
+        for path in [*stable, "/v1/models", "/metrics"]:
+            get, head = client.get(path), client.head(path)
+            assert (head.status_code, head.content) == (200, b""), path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+            if path in stable:
+                assert head.headers["content-length"] == str(len(get.content)), path
+        start = time.monotonic()
+        events = client.head(f"/v1/jobs/{queued}/events")
+        assert time.monotonic() - start < 5 and events.status_code == 200
+        assert events.headers["content-type"].startswith("text/event-stream")
+        missing = client.head(f"/v1/jobs/{uuid.uuid4()}")
+        post_only = client.head("/v1/txt2img")
+        metrics = client.get("/metrics").text
+    with api.client(None) as anonymous:
+        unauthorized = anonymous.head(f"/v1/jobs/{job['id']}")
+    assert (missing.status_code, missing.content) == (404, b"")
+    assert post_only.status_code == 405 and "POST" in post_only.headers["allow"]
+    assert unauthorized.status_code == 401
+    assert 'method="HEAD",route="/v1/jobs/{job_id}/images/{index}",status="200"' in metrics
