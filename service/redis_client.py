@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import ConnectionPool, Redis
 from redis.backoff import NoBackoff
@@ -31,6 +31,7 @@ from redis.retry import Retry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RedisCircuitOpen(RedisConnectionError):
@@ -71,6 +72,13 @@ def renewed_deadline() -> Iterator[None]:
         return
     with request_deadline(current.budget_s):
         yield
+
+
+def with_fresh_deadline(call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` under a renewed deadline: one Redis step of a request that waits (a stream's
+    poll, a synchronous dialect's wait for its job), whose own deadline has passed."""
+    with renewed_deadline():
+        return call(*args)
 
 
 class RedisDeadline:

@@ -21,6 +21,7 @@ from jobs.store import JobStore
 from service.errors import Problem
 from service.metrics import ApiMetrics
 from service.openapi import problem_responses
+from service.redis_client import with_fresh_deadline
 from service.settings import ApiSettings
 from service.views import JobView, job_path, job_view
 from service.webhooks import attach_webhook, check_webhook
@@ -153,10 +154,11 @@ def enqueue(
 
 async def finished(store: JobStore, job_id: str, timeout: float) -> JobRecord:
     """Wait for a job to succeed (the synchronous dialects): its record; 504 after `timeout`
-    naming the job, 500 when it failed or was canceled."""
+    naming the job, 500 when it failed or was canceled. Each poll has a Redis deadline of its
+    own: the wait outlasts the request's."""
     deadline = time.monotonic() + timeout
     while True:
-        record = await run_in_threadpool(store.get, job_id)
+        record = await run_in_threadpool(with_fresh_deadline, store.get, job_id)
         if record is not None and record.status.terminal:
             break
         if time.monotonic() > deadline:
@@ -168,3 +170,12 @@ async def finished(store: JobStore, job_id: str, timeout: float) -> JobRecord:
         raise Problem(500, "job-failed", "Job failed",
                       f"job {job_id} {record.status.value}: {message}")  # fmt: skip
     return record
+
+
+async def images_of_finished(store: JobStore, record: JobRecord) -> list[bytes]:
+    """A finished job's images, read under a fresh Redis deadline (the wait used the request's)."""
+    return await run_in_threadpool(with_fresh_deadline, _read_images, store, record)
+
+
+def _read_images(store: JobStore, record: JobRecord) -> list[bytes]:
+    return [store.get_image(record.id, i) or b"" for i in range(record.request.num_images)]

@@ -203,3 +203,27 @@ def test_sixteen_bit_greyscale_uploads_mean_what_their_eight_bit_equivalents_mea
                 images[task, depth] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     for task in ("img2img", "inpaint"):
         assert np.array_equal(images[task, "16"], images[task, "8"]), task
+
+
+def test_synchronous_dialects_wait_past_the_requests_redis_deadline(
+    api: ApiServer, worker: WorkerProcess
+) -> None:
+    """Found from outside: the OpenAI and A1111 routes waited for the job inside the request's
+    Redis deadline (LDM_REDIS_DEADLINE, 2 s), so any job longer than that answered 503 'the job
+    store is unreachable' while Redis was fine, and its images were lost to the caller."""
+    slow = {"prompt": "FAULT_SLOW a long wait", "steps": 30, "seed": 3}  # 0.1 s a step, or more
+    with api.client() as client:
+        start = time.monotonic()
+        generations = client.post(
+            "/v1/images/generations",
+            timeout=120,
+            json={**slow, "size": "32x32", "response_format": "b64_json"},
+        )
+        waited = time.monotonic() - start
+        a1111 = client.post("/sdapi/v1/txt2img", timeout=120,
+                            json={**slow, "width": 32, "height": 32})  # fmt: skip
+    assert generations.status_code == 200, generations.text
+    assert a1111.status_code == 200, a1111.text
+    assert waited > 3, "the job must outlast the 2 s deadline"
+    for data in (generations.json()["data"][0]["b64_json"], a1111.json()["images"][0]):
+        assert Image.open(io.BytesIO(base64.b64decode(data))).size == (32, 32)

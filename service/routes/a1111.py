@@ -30,7 +30,7 @@ from service.openapi import problem_responses
 from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import parsed, prepared
 from service.settings import ApiSettings
-from service.submission import enqueue, finished, invalid
+from service.submission import enqueue, finished, images_of_finished, invalid
 from service.webhooks import with_header_webhook
 
 PREFIX = "/sdapi/v1"
@@ -144,9 +144,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         await run_in_threadpool(store.redis.set, latest_key, job.id, ex=LATEST_TTL_S)
         response.status_code = 200
         record = await finished(store, job.id, settings.sync_timeout_s)
-        count = record.request.num_images
-        images = [await run_in_threadpool(store.get_image, job.id, i) for i in range(count)]
-        return reply(record, [data or b"" for data in images], body)
+        return reply(record, await images_of_finished(store, record), body)
 
     @router.post("/txt2img", summary="A1111 txt2img (synchronous)")
     async def txt2img(request: Request, response: Response, owner: RateLimitedOwner,

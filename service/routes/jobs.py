@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Path, Response, status
@@ -20,13 +20,12 @@ from service.auth import Owner
 from service.deps import Store
 from service.errors import Problem, redis_unavailable
 from service.openapi import problem_responses
-from service.redis_client import renewed_deadline
+from service.redis_client import with_fresh_deadline
 from service.views import JobView, job_view
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
-T = TypeVar("T")
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f-]+$")]
 # SSE: how often the record is polled and how often an idle stream gets a keep-alive comment.
@@ -109,12 +108,6 @@ def _frame(record: JobRecord, store: JobStore) -> str:
     return f"event: job\ndata: {data}\n\n"
 
 
-def _polled(step: Callable[..., T], *args: Any) -> T:
-    """One poll of a stream, under a Redis deadline of its own (the request's has passed)."""
-    with renewed_deadline():
-        return step(*args)
-
-
 async def _events(store: JobStore, record: JobRecord, first: str) -> AsyncIterator[str]:
     """Poll the record (in a thread, each poll its own Redis deadline); emit on change; stop
     after a terminal status."""
@@ -124,7 +117,7 @@ async def _events(store: JobStore, record: JobRecord, first: str) -> AsyncIterat
     while not record.status.terminal:
         await anyio.sleep(POLL_S)
         try:
-            current = await anyio.to_thread.run_sync(_polled, _refresh, store, record)
+            current = await anyio.to_thread.run_sync(with_fresh_deadline, _refresh, store, record)
         except RedisError as exc:
             logger.warning("event stream for %s lost redis: %s", record.id, exc)
             yield f"event: error\ndata: {json.dumps(redis_unavailable().body())}\n\n"
@@ -136,7 +129,7 @@ async def _events(store: JobStore, record: JobRecord, first: str) -> AsyncIterat
         if (record.status, record.progress_step) != seen:
             seen = (record.status, record.progress_step)
             last_sent = time.monotonic()
-            yield await anyio.to_thread.run_sync(_polled, _frame, record, store)
+            yield await anyio.to_thread.run_sync(with_fresh_deadline, _frame, record, store)
         elif time.monotonic() - last_sent > KEEPALIVE_S:
             last_sent = time.monotonic()
             yield ": keep-alive\n\n"

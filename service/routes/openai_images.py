@@ -28,7 +28,7 @@ from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import body_fields, parsed, prepared
 from service.settings import ApiSettings
-from service.submission import enqueue, finished, invalid
+from service.submission import enqueue, finished, images_of_finished, invalid
 from service.webhooks import with_header_webhook
 
 NATIVE_EXTRAS = ("negative_prompt", "seed", "steps", "guidance_scale", "sampler", "model",
@@ -164,8 +164,8 @@ async def images_of(
         base = str(request.base_url).rstrip("/")
         urls = [ImageData(url=f"{base}/v1/jobs/{job_id}/images/{i}") for i in range(count)]
         return urls, record.usage
-    images = [await run_in_threadpool(store.get_image, job_id, i) for i in range(count)]
-    encoded = [ImageData(b64_json=base64.b64encode(data or b"").decode()) for data in images]
+    images = await images_of_finished(store, record)
+    encoded = [ImageData(b64_json=base64.b64encode(data).decode()) for data in images]
     return encoded, record.usage
 
 
