@@ -4,6 +4,7 @@ image's (x4 the image's for upscaling) unless given."""
 
 from __future__ import annotations
 
+from math import ceil
 from typing import ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -31,6 +32,19 @@ class Img2ImgRequest(Txt2ImgRequest):
     width: int | None = optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
     height: int | None = optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
     task: ClassVar[Task] = Task.img2img
+
+    @field_validator("strength")
+    @classmethod
+    def _runs_a_step(cls, strength: float, info: ValidationInfo) -> float:
+        """int(steps x strength) steps run (diffusers' get_timesteps): at least one must."""
+        steps = info.data.get("steps")  # validated before: declared first
+        if isinstance(steps, int) and int(steps * strength) < 1:
+            raise ValueError(
+                f"strength {strength:g} x steps {steps} runs no denoising step (the job runs "
+                f"int(steps x strength)); raise strength to {ceil(1000 / steps) / 1000:g} or more, "
+                "or steps"
+            )
+        return strength
 
 
 class VariationRequest(Img2ImgRequest):
