@@ -106,7 +106,45 @@ def test_the_worker_exits_non_zero_once_redis_is_gone_past_the_retry_window(
         code = worker.wait(timeout=30)
         elapsed = time.monotonic() - started
         assert code not in (0, None), worker.log()
-        assert 3 <= elapsed < 20, elapsed
+        assert 3 <= elapsed < 20, (elapsed, worker.log())
     finally:
         worker.stop()
         server.stop()
+
+
+def wait_for_log(worker: WorkerProcess, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.log():
+        assert worker.process is not None and worker.process.poll() is None, worker.log()
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.2)
+
+
+def test_a_worker_started_before_redis_waits_for_it_within_the_retry_window(
+    own_redis: RedisServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Found in CI: Redis gone during the worker's startup (publishing its model, registering)
+    killed it at once with a traceback instead of retrying for LDM_REDIS_RETRY_SECONDS."""
+    own_redis.stop()
+    env = {"LDM_REDIS_RETRY_SECONDS": "60"}
+    worker = WorkerProcess(own_redis.url, tiny_model, tmp_path, env).spawn()
+    try:
+        wait_for_log(worker, "redis unavailable at startup")  # the model is loaded by now
+        time.sleep(1.5)  # a retry or two
+        own_redis.start()
+        worker.registered(timeout=30)
+        store = JobStore(redis.Redis.from_url(own_redis.url), result_ttl=300, job_timeout=60)
+        assert done(store, submit(store, "once redis came", steps=2)).status.value == "succeeded"
+    finally:
+        worker.stop()
+    own_redis.stop()
+    brief = WorkerProcess(own_redis.url, tiny_model, tmp_path,
+                          {"LDM_REDIS_RETRY_SECONDS": "2"}).spawn()  # fmt: skip
+    try:
+        wait_for_log(brief, "redis unavailable at startup")
+        started = time.monotonic()
+        code = brief.wait(timeout=30)
+        assert code == 1 and 1 <= time.monotonic() - started < 20, brief.log()
+        assert "Traceback" not in brief.log() and "gave up waiting for redis" in brief.log()
+    finally:
+        brief.stop()

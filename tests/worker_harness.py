@@ -69,11 +69,20 @@ class WorkerProcess:
 
     def start(self, timeout: float = 60) -> WorkerProcess:
         """Start and wait until rq lists the worker (model loaded, registered)."""
+        return self.spawn().registered(timeout)
+
+    def spawn(self) -> WorkerProcess:
+        """Start the process and return at once."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.fault_worker"], cwd=REPO, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
+        return self
+
+    def registered(self, timeout: float = 60) -> WorkerProcess:
+        """Wait until rq lists the worker; fail with its log if it exits or never shows."""
+        assert self.process is not None
         client = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -11,9 +11,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.model_profile import ModelProfile, publish_profile
 from jobs.schema import UPSCALE_FACTOR
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[WorkerSettings], Backend]
+T = TypeVar("T")
 
 
 def model_backend(settings: WorkerSettings) -> Backend:
@@ -104,6 +107,21 @@ def connect_redis(settings: WorkerSettings) -> Redis:
     )
 
 
+def until_redis_answers(action: Callable[[], T], window_s: float) -> T | None:
+    """Run a startup step, retrying each second while Redis is away for at most `window_s`
+    (LDM_REDIS_RETRY_SECONDS, as the loop does); None, logged, once the window has passed."""
+    started = time.monotonic()
+    while True:
+        try:
+            return action()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if time.monotonic() - started > window_s:
+                log.error("gave up waiting for redis after %.0fs at startup: %s", window_s, exc)
+                return None
+            log.warning("redis unavailable at startup (%s); retrying", exc)
+            time.sleep(1.0)
+
+
 def configure_logging(level: str) -> None:
     """One line per event: time, level, logger, key=value message."""
     logging.basicConfig(
@@ -131,23 +149,29 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     store = JobStore(
         connection, result_ttl=settings.result_ttl, job_timeout=int(settings.job_timeout)
     )
-    bridge = RqBridge(
-        connection,
-        settings.queue_name,
-        name=settings.worker_name,
-        heartbeat_ttl=settings.heartbeat_ttl,
-        maintenance_interval=settings.maintenance_interval,
-        result_ttl=settings.result_ttl,
-    )
-    bridge.on_abandoned = abandoned_hook(store, metrics)
-    store.publish_tasks(settings.model_name, backend.tasks)
     # The API's submission advice (jobs/model_profile.py): LDM_DEFAULT_SIZE is the size this
     # deployment serves the model at (64 for the shipped model, 512 for SD 1.x); the paper's
     # models without text say their own (the UNet's training size), which /v1/sample defaults to.
     native = backend.native_size or settings.default_size
     profile = ModelProfile(native, backend.known_words, backend.class_names)
-    publish_profile(connection, settings.model_name, profile)
-    store.publish_sampler_names(a1111_sampler_names())
+    made: list[RqBridge] = []  # one bridge across retries: it is born in rq once
+
+    def announce() -> RqBridge:
+        if not made:  # rq names its Redis client here: Redis must answer
+            made.append(RqBridge(connection, settings.queue_name, name=settings.worker_name,
+                                 heartbeat_ttl=settings.heartbeat_ttl,
+                                 maintenance_interval=settings.maintenance_interval,
+                                 result_ttl=settings.result_ttl))  # fmt: skip
+            made[0].on_abandoned = abandoned_hook(store, metrics)
+        store.publish_tasks(settings.model_name, backend.tasks)
+        publish_profile(connection, settings.model_name, profile)
+        store.publish_sampler_names(a1111_sampler_names())
+        made[0].register()
+        return made[0]
+
+    bridge = until_redis_answers(announce, settings.redis_retry_seconds)
+    if bridge is None:
+        return 1
     loop_ref: list[BatchLoop] = []
     watchdog = Watchdog(
         settings.watchdog_seconds, busy=lambda: bool(loop_ref and loop_ref[0].busy())
@@ -155,7 +179,6 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     loop = BatchLoop(settings, backend, bridge, store, metrics, touch=watchdog.touch)
     loop_ref.append(loop)
     loop.install_signal_handlers()
-    bridge.register()
     heartbeat = Heartbeat(bridge, settings.heartbeat_interval)
     heartbeat.start()
     watchdog.start()

@@ -108,6 +108,7 @@ class RqBridge:
         self.claims: dict[str, Claim] = {}
         self.lock = threading.RLock()
         self.on_abandoned: AbandonedHandler | None = None
+        self.born = False
         self.worker.push_exc_handler(self._abandoned_handler)
 
     @property
@@ -118,7 +119,9 @@ class RqBridge:
     def register(self) -> None:
         """Announce this worker to rq (birth, pubsub commands, state) on its single queue."""
         assert len(self.worker.queues) == 1, "a batching worker listens on exactly one queue"
-        self.worker.register_birth()
+        if not self.born:  # a retried registration (Redis away meanwhile) is born once
+            self.worker.register_birth()
+            self.born = True
         self.worker.subscribe()
         self.worker.set_state(WorkerStatus.STARTED)
         log.info("rq worker %s listening on %s", self.name, self.queue.name)
