@@ -267,7 +267,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=None,
         help="class-conditional models: the class, an index or a name ('goldfish')",
     )
-    gen.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
+    gen.add_argument("-o", "--out", required=True, help="FILE.png (FILE-i.png for several images)")
     gen.set_defaults(handler=_with_model_defaults)
 
 

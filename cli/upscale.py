@@ -96,5 +96,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     up.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="precision"
     )
-    up.add_argument("--out", required=True, help="FILE.png (FILE-i.png for several images)")
+    up.add_argument("-o", "--out", required=True, help="FILE.png (FILE-i.png for several images)")
     up.set_defaults(handler=run_upscale)

@@ -119,9 +119,10 @@ def test_upscale_rejects_bad_options_in_one_line(argv: list[str], message: str) 
 @pytest.mark.slow  # seconds of real processes or files: full tier
 def test_generate_prints_the_shipped_models_warnings(tmp_path: Path) -> None:
     out = tmp_path / "cat.png"
-    result = ldm_serve("generate", "--prompt", "a cat", "--steps", "2", "--out", str(out))
+    result = ldm_serve("generate", "--prompt", "a cat", "--steps", "2", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert "warning: prompt: the model's vocabulary has no 'cat'" in result.stderr
+    assert "Loading weights" not in result.stderr  # transformers' tqdm bar, as workers log it
     assert out.read_bytes().startswith(b"\x89PNG")
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as hf_logging
 
 from model.autoencoder import AutoencoderKL
 from model.checkpoint import configs, keymap
@@ -132,12 +135,27 @@ def load_vq(folder: Path) -> VQAutoencoder:
     )
 
 
+@contextmanager
+def no_progress_bar() -> Iterator[None]:
+    """transformers' 'Loading weights' bar off for the call, then as it was."""
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_diffusers(path: Path) -> Components:
     """All components of a diffusers Stable Diffusion folder, on the CPU in fp32."""
     if not is_diffusers_folder(path):
         raise CheckpointError(f"{path} is not a diffusers folder (no model_index.json)")
     try:
-        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
+        with no_progress_bar():  # a worker's log is one line per event, not a tqdm bar
+            text_encoder = CLIPTextModel.from_pretrained(
+                path / "text_encoder", local_files_only=True
+            )
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"text encoder/tokenizer in {path}: {error}") from None
