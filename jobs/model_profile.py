@@ -29,12 +29,17 @@ WORD = re.compile(r"[^\W\d_]+")
 SIZE_RATIO = 2
 PROFILE_TTL_S = 7 * 24 * 3600  # like the published tasks: every worker start renews it
 MAX_LISTED = 8  # unknown words named in one warning
+MAX_WORD_CHARS = 24  # a longer one is shown cut, with an ellipsis (the job JSON stays small)
 
 
 def words(text: str) -> list[str]:
     """The words of a prompt as the tokenizer sees them, in order, without repeats."""
     found = WORD.findall(unicodedata.normalize("NFC", text).lower())
     return list(dict.fromkeys(found))
+
+
+def _cut(word: str) -> str:
+    return word if len(word) <= MAX_WORD_CHARS else word[: MAX_WORD_CHARS - 1] + "\u2026"
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class ModelProfile:
         for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             unknown = self.unknown_words(text)
             if unknown:
-                listed = ", ".join(repr(word) for word in unknown[:MAX_LISTED])
+                listed = ", ".join(repr(_cut(word)) for word in unknown[:MAX_LISTED])
                 more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
                 message = (
                     f"{field}: the model's vocabulary has no {listed}{more}; it was trained on "

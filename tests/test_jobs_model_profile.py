@@ -28,6 +28,8 @@ def test_unknown_words_are_named_once_per_field_in_prompt_order() -> None:
     assert prompt.message.startswith("prompt: the model's vocabulary has no 'cat', 'dog', 'and';")
     assert negative.message.startswith("negative_prompt: the model's vocabulary has no 'blurry';")
     assert SHAPES.advise("A RED circle on the left", "", 64, 64) == []
+    (long,) = SHAPES.advise("a " + "x" * 2000 + " red", "", 64, 64)  # found from outside:
+    assert "'" + "x" * 23 + "\u2026'" in long.message and len(long.message) < 200  # echoed whole
 
 
 @pytest.mark.parametrize(
