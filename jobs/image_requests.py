@@ -26,7 +26,7 @@ class Img2ImgRequest(Txt2ImgRequest):
 
     init_image: str = Field(min_length=1, strict=True, description=IMAGE_DESCRIPTION)
     strength: float = Field(
-        0.75, gt=0.0, le=1.0, strict=True,
+        0.75, gt=0.0, le=1.0, strict=True, validate_default=True,  # the default meets steps too
         description="how far down the schedule to start: 1 ignores the image's content",
     )  # fmt: skip
     width: int | None = optional_size_field(DEFAULT_LIMITS)  # type: ignore[assignment]
@@ -68,7 +68,7 @@ class InpaintRequest(Img2ImgRequest):
         min_length=1, strict=True,
         description=IMAGE_DESCRIPTION + "; white (or transparent, when it has alpha) = repaint",
     )  # fmt: skip
-    strength: float = Field(1.0, gt=0.0, le=1.0, strict=True)
+    strength: float = Field(1.0, gt=0.0, le=1.0, strict=True, validate_default=True)
     keep_unmasked: bool = Field(
         True, strict=True,
         description="paste the init image's unmasked pixels over the result (exact outside the "

@@ -80,6 +80,7 @@ def test_inpaint_multipart_files_and_form_fields(api: ApiServer, store: JobStore
         ("/v1/img2img", {"init_image": b64(png(64, 64)), "strength": 0}, "strength"),
         # int(steps x strength) = 0 denoising steps: was queued, then failed in the worker
         ("/v1/img2img", {"init_image": b64(png(64, 64)), "strength": 0.01, "steps": 4}, "strength"),
+        ("/v1/img2img", {"init_image": b64(png(64, 64)), "steps": 1}, "strength"),  # 0.75 x 1
         ("/v1/img2img", {"init_image": b64(png(64, 64)), "width": 512}, "width"),
         ("/v1/img2img", {"init_image": b64(png(20, 20))}, "init_image"),  # below LDM_MIN_SIZE
         ("/v1/inpaint", {"init_image": b64(png(64, 64))}, "mask_image"),
