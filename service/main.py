@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from jobs.idempotency import IdempotencyClaims
 from jobs.store import JobStore
@@ -34,8 +35,15 @@ from service.routes import (
 from service.routes.image_tasks import IMAGE_TASK_PATHS
 from service.routes.openai_images import OPENAI_PATHS
 from service.settings import ApiSettings
+from service.webhooks import EVENTS_HEADER, URL_HEADER
 
 logger = logging.getLogger(__name__)
+
+# Cross-origin browser calls (LDM_CORS_ORIGINS): what the routes read and what clients need back.
+CORS_METHODS = ("GET", "HEAD", "POST", "DELETE")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", URL_HEADER,
+                        EVENTS_HEADER)  # fmt: skip
+CORS_EXPOSED_HEADERS = ("Location", "Retry-After", "Idempotent-Replayed", "Content-Disposition")
 
 
 @asynccontextmanager
@@ -93,6 +101,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     image_routes = dict.fromkeys(uploads, settings.max_image_body_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, per_path=image_routes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_allowed:  # outermost: preflights and every answer (errors too) carry it
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allowed),
+            allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_REQUEST_HEADERS),
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+            max_age=600,
+        )
     logger.info(
         "api ready to serve model=%s auth=%s", settings.model_name, app.state.keyring.enabled
     )

@@ -91,6 +91,14 @@ class ApiSettings(BaseSettings):
     # Loopback unless told otherwise (containers set 0.0.0.0): no open port by accident.
     api_host: str = Field(default="127.0.0.1", validation_alias=_env("LDM_API_HOST"))
     api_port: int = Field(default=8000, ge=1, le=65535, validation_alias=_env("LDM_API_PORT"))
+    # Browser apps on other origins (comma-separated, e.g. https://app.example.com; * for any):
+    # none by default, so only the playground, served from this origin, calls the API.
+    cors_origins: str = Field(default="", validation_alias=_env("LDM_CORS_ORIGINS"))
+
+    @property
+    def cors_allowed(self) -> tuple[str, ...]:
+        """Origins allowed to call the API from a browser (empty: same origin only)."""
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     @property
     def keys(self) -> tuple[str, ...]:
