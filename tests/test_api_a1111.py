@@ -4,6 +4,7 @@ same seed and settings; progress while a job runs, interrupt, models, samplers a
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import threading
@@ -134,3 +135,26 @@ def test_models_samplers_and_options(api: webuiapi.WebUIApi) -> None:
     unknown = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x",
                                                                "sampler_name": "Nope"})  # fmt: skip
     assert unknown.status_code == 422 and "sampler_name" in unknown.text
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("txt2img", {"cfg_scale": -1}, "cfg_scale"),
+        ("txt2img", {"batch_size": 0}, "batch_size"),
+        ("img2img", {"init_images": [], "denoising_strength": 0.5}, "init_images"),
+        ("img2img", {"denoising_strength": 0.01}, "denoising_strength"),  # no step at 4 steps
+        ("img2img", {"mask": "not base64!"}, "mask"),
+    ],
+)
+def test_a_422_names_the_a1111_field_sent(
+    stack: ApiServer, route: str, body: dict, field: str
+) -> None:
+    """Not the native name it maps to (guidance_scale, strength, ...): the caller sent cfg_scale."""
+    request = {"prompt": "a fox", **COMMON}
+    if route == "img2img":
+        request["init_images"] = [base64.b64encode(encode_png(init_image())).decode()]
+    with stack.client() as client:
+        reply = client.post(f"/sdapi/v1/{route}", json={**request, **body})
+    assert reply.status_code == 422, reply.text
+    assert [error["field"] for error in reply.json()["errors"]] == [field], reply.text

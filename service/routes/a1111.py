@@ -13,10 +13,13 @@ import io
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from PIL import Image
 
 from jobs import keys
@@ -70,6 +73,25 @@ def native_fields(body: dict[str, Any], store: JobStore, owner: str) -> dict[str
     if model:
         fields["model"] = model
     return fields
+
+
+# A 422 names the field the caller sent: A1111's name for what the native request calls otherwise.
+A1111_NAMES = {"guidance_scale": "cfg_scale", "strength": "denoising_strength",
+               "num_images": "batch_size", "sampler": "sampler_name",
+               "init_image": "init_images", "mask_image": "mask",
+               "model": "override_settings.sd_model_checkpoint"}  # fmt: skip
+
+
+@contextmanager
+def a1111_field_names() -> Iterator[None]:
+    """Validation errors inside name A1111's fields (cfg_scale, not guidance_scale)."""
+    try:
+        yield
+    except RequestValidationError as exc:
+        errors = [{**error, "loc": tuple(A1111_NAMES.get(part, part) if isinstance(part, str)
+                                         else part for part in error["loc"])}
+                  for error in exc.errors()]  # fmt: skip
+        raise RequestValidationError(errors) from None
 
 
 def as_float(value: Any) -> Any:
@@ -149,12 +171,14 @@ def build_router(settings: ApiSettings) -> APIRouter:
     @router.post("/txt2img", summary="A1111 txt2img (synchronous)")
     async def txt2img(request: Request, response: Response, owner: RateLimitedOwner,
                       deps: SubmitDeps) -> dict[str, Any]:  # fmt: skip
-        return await generate(request, response, owner, deps, "txt2img")
+        with a1111_field_names():
+            return await generate(request, response, owner, deps, "txt2img")
 
     @router.post("/img2img", summary="A1111 img2img; with `mask`, inpainting (synchronous)")
     async def img2img(request: Request, response: Response, owner: RateLimitedOwner,
                       deps: SubmitDeps) -> dict[str, Any]:  # fmt: skip
-        return await generate(request, response, owner, deps, "img2img")
+        with a1111_field_names():
+            return await generate(request, response, owner, deps, "img2img")
 
     add_status_routes(router, settings)
     return router
