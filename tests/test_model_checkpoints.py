@@ -63,6 +63,15 @@ def test_diffusers_folder_round_trip_is_exact(tiny: Path, tmp_path: Path) -> Non
     assert np.array_equal(images(load_pipeline(tiny)), images(load_pipeline(tmp_path / "copy")))
 
 
+def test_loaded_weights_are_owned_and_aligned(tiny: Path) -> None:
+    """Weights left as views into the safetensors mapping start wherever the file's header ends;
+    on an AMD EPYC the UNet then gave another image for the same bytes re-saved (1 pixel by 1)."""
+    c = load_diffusers(tiny)
+    for network in (c.unet, c.vae):
+        tensors = [*network.parameters(), *network.buffers()]
+        assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors)
+
+
 def convert(*args: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "cli.main", "convert", *args], cwd=REPO, env=env,

@@ -94,8 +94,12 @@ def _load_network(folder: Path, name: str, build, read_config, prefixes, fused=N
             f"{name}: {len(wrong)} shape mismatches, e.g. {k}: checkpoint "
             f"{tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
         )
-    module.load_state_dict(tensors, assign=True)
-    return module.float()
+    # Owned fp32 copies, not views into the file's mapping: those start wherever the header ends,
+    # and CPU kernels sum misaligned weights in another order (same file bytes, another image).
+    owned = {k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+             for k, v in tensors.items()}  # fmt: skip
+    module.load_state_dict(owned, assign=True)
+    return module
 
 
 def load_unet(folder: Path) -> UNet:
