@@ -39,14 +39,19 @@ def default_model() -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from model.checkpoint.files import CheckpointError
     from model.devices import DTYPES, resolve_device
     from model.engine import BatchEngine
     from model.pipeline import load_pipeline
     from model.txt2img import run, specs_for
 
     started = time.perf_counter()
-    pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype], args.config,
-                         args.clip_skip)  # fmt: skip
+    try:
+        pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype],
+                             args.config, args.clip_skip)  # fmt: skip
+    except CheckpointError as error:  # a path that is no model: one line, as for other options
+        print(f"ldm-serve generate: error: {model_problem(args.model, error)}", file=sys.stderr)
+        return 2
     if args.compile:  # compiled lazily, per bucket, on the first call (model/compiled.py)
         from model.compiled import persist_cache
 
@@ -80,6 +85,11 @@ def run_generate(args: argparse.Namespace) -> int:
     save_images(images, args.out)
     print(f"loaded in {loaded - started:.2f}s, generated {n} image(s) in {done - loaded:.2f}s")
     return 0
+
+
+def model_problem(model: str, error: Exception) -> str:
+    """A checkpoint error as an option problem: `--model PATH: why`, the path said once."""
+    return f"--model {model}: {str(error).removeprefix(f'{Path(model)}: ')}"
 
 
 def save_images(images: Sequence[Image], out: str | Path) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli.generate import option_problems, save_images
+from cli.generate import model_problem, option_problems, save_images
 from jobs.schema import MAX_NOISE_LEVEL, Sampler
 
 
@@ -23,6 +23,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     except (OSError, BadImage) as exc:
         print(f"ldm-serve upscale: error: --image {args.image}: {exc}", file=sys.stderr)
         return 2
+    from model.checkpoint.files import CheckpointError
     from model.devices import DTYPES, resolve_device
     from model.engine import BatchEngine
     from model.pipeline import load_pipeline
@@ -30,7 +31,11 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     low = fit(image, job_size(image, None, None))  # rounded down to a multiple of 8
     started = time.perf_counter()
-    pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype])
+    try:
+        pipe = load_pipeline(args.model, resolve_device(args.device), DTYPES[args.dtype])
+    except CheckpointError as error:  # a path that is no model: one line, as for other options
+        print(f"ldm-serve upscale: error: {model_problem(args.model, error)}", file=sys.stderr)
+        return 2
     if "upscale" not in pipe.tasks:
         print(f"ldm-serve upscale: error: --model {args.model} is not an upscaler (it runs: "
               f"{', '.join(pipe.tasks)})", file=sys.stderr)  # fmt: skip

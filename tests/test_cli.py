@@ -116,6 +116,41 @@ def test_upscale_rejects_bad_options_in_one_line(argv: list[str], message: str) 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["generate", "upscale"])
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("empty", None, "not a diffusers folder or a checkpoint file"),
+        ("junk.safetensors", b"not weights", "junk.safetensors is not a readable safetensors file"),
+        ("junk.ckpt", b"junk\n", "junk.ckpt was refused: not a plain-weights checkpoint"),
+    ],
+)  # fmt: skip
+def test_a_model_path_that_holds_no_model_is_one_line(
+    tmp_path: Path, command: str, name: str, content: bytes | None, why: str
+) -> None:
+    model = tmp_path / name
+    model.mkdir() if content is None else model.write_bytes(content)
+    inputs = ["--prompt", "x"] if command == "generate" else [
+        "--image", str(REPO / "docs" / "playground.png")]  # fmt: skip
+    result = ldm_serve(command, "--model", str(model), *inputs, "-o", str(tmp_path / "x.png"))
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"ldm-serve {command}: error: --model {model}: {why}"), last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_worker_whose_model_path_holds_no_model_exits_2_in_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"junk\n")  # torch's unpickler raised KeyError here: a traceback, exit 1
+    env = {**os.environ, "LDM_METRICS_PORT": "0", "LDM_REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = ldm_serve("worker", "--model", str(junk), env=env)  # fails before Redis is needed
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"model_load_failed path={junk} error=junk.ckpt was refused: not a plain-weights " \
+        "checkpoint (KeyError: " in result.stderr  # fmt: skip
+
+
 @pytest.mark.slow  # seconds of real processes or files: full tier
 def test_generate_prints_the_shipped_models_warnings(tmp_path: Path) -> None:
     out = tmp_path / "cat.png"

@@ -174,6 +174,22 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    ("junk", "why"),
+    [
+        (b"junk\n", "(KeyError: 174812789)"),  # the unpickler raised KeyError past the old except
+        (b"not a pickle", "(Unsupported operand 110)"),  # torch's page of text, cut to its reason
+        (b"", "(EOFError)"),  # an empty file: torch says nothing more
+    ],
+)
+def test_junk_ckpt_bytes_are_refused_in_one_line(tmp_path: Path, junk: bytes, why: str) -> None:
+    path = tmp_path / "junk.ckpt"
+    path.write_bytes(junk)
+    with pytest.raises(CheckpointError) as refused:
+        load_pipeline(path)
+    assert str(refused.value) == f"junk.ckpt was refused: not a plain-weights checkpoint {why}"
+
+
 @pytest.mark.slow  # the fast tier stays under 3 minutes; the full suite runs it
 def test_plain_ckpt_loads_through_weights_only(tiny: Path, tmp_path: Path) -> None:
     single = tmp_path / "m.safetensors"

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[WorkerSettings], Backend]
 T = TypeVar("T")
+EXIT_NO_MODEL = 2  # the model path holds no loadable model: a configuration error, as argparse's 2
 
 
 def model_backend(settings: WorkerSettings) -> Backend:
@@ -135,8 +136,14 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
     metrics = WorkerMetrics(settings.model_name)
     metrics.max_batch.set(settings.max_batch)
     serve(settings.metrics_port, settings.metrics_host)
+    from model.checkpoint.files import CheckpointError
+
     started = time.monotonic()
-    backend = backend_factory(settings)
+    try:
+        backend = backend_factory(settings)
+    except CheckpointError as error:  # no restart loads a path that holds no model: say so once
+        log.error("model_load_failed path=%s error=%s", settings.model, error)
+        return EXIT_NO_MODEL
     metrics.model_load.set(time.monotonic() - started - backend.compile_seconds)
     metrics.compile_seconds.set(backend.compile_seconds)
     log.info(

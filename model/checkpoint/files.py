@@ -30,9 +30,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix in {".ckpt", ".pt", ".pth", ".bin"}:
         try:  # weights_only refuses any pickle that tries to construct arbitrary objects
             data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        except Exception as error:  # junk bytes raise anything in its unpickler (KeyError, ...)
             raise CheckpointError(
-                f"{path.name} was refused: not a plain-weights checkpoint ({error})"
+                f"{path.name} was refused: not a plain-weights checkpoint ({_refusal(error)})"
             ) from None
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
@@ -40,6 +40,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path.name} holds no state dict")
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     raise CheckpointError(f"unknown checkpoint format {path.suffix!r}: use .safetensors")
+
+
+TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _refusal(error: Exception) -> str:
+    """The line of a torch.load failure that says why (its weights-only refusal is a page)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError):
+        lines = [line for line in lines if not line.startswith(TORCH_BOILERPLATE)]
+        return lines[0] if lines else "not a weights-only pickle"
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def read_metadata(path: Path) -> dict[str, str]:
