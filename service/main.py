@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from jobs.idempotency import IdempotencyClaims
 from jobs.store import JobStore
+from jobs.version import VERSION
 from jobs.webhooks import WebhookSecrets
 from service.auth import KeyRing
 from service.bodysize import BodySizeLimit
@@ -68,7 +69,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app = FastAPI(
         title="ldm-serve",
-        version="0.1.0",
+        version=VERSION,
         summary="Latent Diffusion inference: queue txt2img jobs, poll or stream, fetch images.",
         lifespan=lifespan,
     )

@@ -6,13 +6,14 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.store import JobStore
+from jobs.version import BUILD_HELP, VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class ApiMetrics:
         self.rejected = Counter(
             "ldm_jobs_rejected", "Submissions rejected", ["reason"], registry=self.registry
         )
+        Info("ldm_build", BUILD_HELP, registry=self.registry).info({"version": VERSION})
         ProcessCollector(registry=self.registry)
         self.registry.register(RedisGauges(store, models))
 

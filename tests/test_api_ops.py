@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 
 import pytest
 import redis
@@ -30,7 +31,7 @@ METRIC_NAMES = [
 
 def test_healthz(api: ApiServer) -> None:
     with api.client(None) as client:
-        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/healthz").json() == {"status": "ok", "version": version("ldm-serve")}
 
 
 def test_readyz_follows_live_workers(api: ApiServer, store: JobStore) -> None:
@@ -61,6 +62,7 @@ def test_metrics_expose_the_documented_names(api: ApiServer, store: JobStore) ->
         assert f"\n{name}" in text, name
     assert 'ldm_jobs_rejected_total{reason="validation"}' in text
     assert 'ldm_queue_depth{model="default"} 1.0' in text
+    assert f'\nldm_build_info{{version="{version("ldm-serve")}"}} 1.0\n' in text
     assert 'route="/v1/jobs/{job_id}"' in text and job_id not in text, "templates, not ids"
     assert "key-a" not in text
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterato
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield from walk(sub, (*path, name))
-        elif not isinstance(action, argparse._HelpAction):
+        elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
             yield path, action, parser
 
 
@@ -47,6 +48,12 @@ def test_top_level_help_says_what_each_command_does() -> None:
     for choice in commands._choices_actions:
         assert choice.help, choice.dest
         assert f"{choice.dest} " in result.stdout and choice.help.split()[0] in result.stdout
+
+
+def test_version_is_the_installed_release() -> None:
+    result = ldm_serve("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"ldm-serve {version('ldm-serve')}\n"
 
 
 def test_every_option_has_a_description_and_shows_its_default() -> None:

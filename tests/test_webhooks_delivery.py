@@ -9,6 +9,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ def test_a_job_s_events_arrive_signed_and_a_failing_receiver_gets_retries(
     assert all(0 < event["data"]["progress"]["step"] <= 20 for event in progress)
     metrics = deliverer.metrics()
     assert metrics['ldm_webhook_deliveries_total{event="completed",outcome="delivered"}'] == 1
+    assert metrics[f'ldm_build_info{{version="{version("ldm-serve")}"}}'] == 1
     assert metrics['ldm_webhook_attempts_total{result="5xx"}'] >= 2
     assert metrics["ldm_webhook_attempt_duration_seconds_count"] >= 3
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,7 @@ def test_sixteen_concurrent_requests_share_steps_and_match_solo(
     assert alone < count, "no UNet step was shared"
     assert metrics['ldm_worker_batch_size_sum{model="default"}'] / count > 1.5
     assert metrics['ldm_worker_jobs_total{model="default",outcome="succeeded"}'] >= 16
+    assert metrics[f'ldm_build_info{{version="{version("ldm-serve")}"}}'] == 1
     finished = Queue("ldm:default", connection=redis.Redis.from_url(url), serializer=JSONSerializer)
     assert {job["id"] for job in jobs} <= set(finished.finished_job_registry.get_job_ids())
 

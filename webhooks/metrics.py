@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from jobs.version import BUILD_HELP, VERSION
 from jobs.webhooks import WebhookEvent
 
 OUTCOMES = ("delivered", "failed", "refused")
@@ -15,6 +16,7 @@ class DelivererMetrics:
     """Deliveries by outcome, attempts by result, attempt latency, the outbox backlog."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        Info("ldm_build", BUILD_HELP, registry=registry).info({"version": VERSION})
         self.deliveries = Counter(
             "ldm_webhook_deliveries_total",
             "Events settled: delivered, failed (given up after retries) or refused (SSRF rule).",

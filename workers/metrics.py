@@ -6,8 +6,10 @@ import logging
 import resource
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import start_http_server as _start_http_server
+
+from jobs.version import BUILD_HELP, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class WorkerMetrics:
     def __init__(self, model: str, registry: CollectorRegistry = REGISTRY) -> None:
         self.model = model
         labels = ["model"]
+        Info("ldm_build", BUILD_HELP, registry=registry).info({"version": VERSION})
         self._jobs = Counter(
             "ldm_worker_jobs_total", "Jobs ended by this worker.", [*labels, "outcome"],
             registry=registry,

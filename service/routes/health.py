@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from jobs.store import JobStore
+from jobs.version import VERSION
 from service.deps import Metrics, Settings, Store
 from service.errors import Problem
 from service.openapi import problem_responses
@@ -41,10 +42,10 @@ def check_eviction_policy(store: JobStore) -> bool:
     return True
 
 
-@router.get("/healthz", summary="Process is up")
+@router.get("/healthz", summary="Process is up, and its release")
 async def healthz() -> dict[str, str]:
     """Always 200 while the process serves HTTP: on the event loop, never touching Redis."""
-    return {"status": "ok"}
+    return {"status": "ok", "version": VERSION}
 
 
 @router.get(
