@@ -138,6 +138,24 @@ def test_models_samplers_and_options(api: webuiapi.WebUIApi) -> None:
 
 
 @pytest.mark.parametrize(
+    ("chosen", "reported"),
+    [
+        ({"sampler_index": "DPM++ 2M Karras"}, "DPM++ 2M Karras"),  # the older field name
+        ({"sampler_name": "Euler", "scheduler": "karras"}, "Euler Karras"),
+        ({}, "DDIM"),  # none chosen: the native default ran
+    ],
+)
+def test_info_names_the_sampler_that_ran(stack: ApiServer, chosen: dict, reported: str) -> None:
+    """info's sampler_name was the request's sampler_name echoed: null for the others."""
+    with stack.client() as client:
+        reply = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", **COMMON, **chosen})
+    assert reply.status_code == 200, reply.text
+    info = json.loads(reply.json()["info"])
+    assert info["sampler_name"] == reported
+    assert f"Sampler: {reported}," in info["infotexts"][0]
+
+
+@pytest.mark.parametrize(
     ("route", "body", "field"),
     [
         ("txt2img", {"cfg_scale": -1}, "cfg_scale"),

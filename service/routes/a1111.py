@@ -113,7 +113,14 @@ def image_fields(body: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def reply(record: JobRecord, images: list[bytes], body: dict[str, Any]) -> dict[str, Any]:
+def a1111_sampler(record: JobRecord, names: dict[str, str]) -> str | None:
+    """A1111's name for the sampler the job ran ('DPM++ 2M Karras'), as its info reports it."""
+    ran = f"{record.request.sampler.value}{' karras' if record.request.karras else ''}"
+    return next((name for name, ours in sorted(names.items()) if ours == ran), None)
+
+
+def reply(record: JobRecord, images: list[bytes], body: dict[str, Any],
+          sampler_names: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     """A1111's `{images, parameters, info}`; info is a JSON string, as A1111 sends it."""
     r = record.request
     infotexts = [Image.open(io.BytesIO(data)).info.get("parameters", "") for data in images]
@@ -122,7 +129,7 @@ def reply(record: JobRecord, images: list[bytes], body: dict[str, Any]) -> dict[
         "prompt": r.prompt, "all_prompts": [r.prompt] * r.num_images,
         "negative_prompt": r.negative_prompt, "seed": r.seed, "all_seeds": seeds,
         "subseed": -1, "all_subseeds": [-1] * r.num_images, "width": r.width, "height": r.height,
-        "sampler_name": body.get("sampler_name"), "cfg_scale": r.guidance_scale,
+        "sampler_name": a1111_sampler(record, sampler_names), "cfg_scale": r.guidance_scale,
         "steps": r.steps, "batch_size": r.num_images, "sd_model_name": r.model,
         "denoising_strength": r.strength if r.task.value != "txt2img" else None,
         "infotexts": infotexts, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
@@ -165,8 +172,9 @@ def build_router(settings: ApiSettings) -> APIRouter:
         latest_key = keys.a1111_latest(owner)  # a blocking call: off the event loop
         await run_in_threadpool(store.redis.set, latest_key, job.id, ex=LATEST_TTL_S)
         response.status_code = 200
+        names = await run_in_threadpool(store.sampler_names)  # before the wait spends the deadline
         record = await finished(store, job.id, settings.sync_timeout_s)
-        return reply(record, await images_of_finished(store, record), body)
+        return reply(record, await images_of_finished(store, record), body, names)
 
     @router.post("/txt2img", summary="A1111 txt2img (synchronous)")
     async def txt2img(request: Request, response: Response, owner: RateLimitedOwner,
