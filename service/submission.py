@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import Header, Response, status
@@ -73,6 +74,26 @@ def job_reply(response: Response, store: JobStore, record: JobRecord) -> JobView
 def invalid(field: str, message: str) -> RequestValidationError:
     """A 422 naming `field`, in the same shape as the framework's own."""
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+@contextmanager
+def dialect_field_names(names: Mapping[str, str]) -> Iterator[None]:
+    """A 422 raised inside names the fields a dialect's caller sent (cfg_scale, not
+    guidance_scale); a message about one of several fields sent as one says which (size's width)."""
+    try:
+        yield
+    except RequestValidationError as exc:
+        sent = list(names.values())
+        errors = []
+        for error in exc.errors():
+            loc = [part for part in error["loc"] if isinstance(part, str)]
+            message = str(error.get("msg", "")).removeprefix("Value error, ")
+            native = next((part for part in loc if sent.count(names.get(part, "")) > 1), None)
+            if native and native not in message:
+                message = f"{native}: {message}"
+            renamed = tuple(names.get(p, p) if isinstance(p, str) else p for p in error["loc"])
+            errors.append({**error, "loc": renamed, "msg": message})
+        raise RequestValidationError(errors) from None
 
 
 def check_size(

@@ -131,3 +131,29 @@ def test_errors_raise_the_sdks_exceptions(stack: ApiServer, client: openai.OpenA
         openai.OpenAI(base_url=f"{stack.url}/v1", api_key="wrong", max_retries=0).images.generate(
             prompt="a red square"
         )
+
+
+@pytest.mark.parametrize(
+    ("action", "sent", "param", "message"),
+    [
+        ("generate", {"size": "36x32"}, "size", "size: width: Input should be a multiple of 8"),
+        ("generate", {"size": "2048x2048"}, "size", "size: width x height = 4194304 pixels"),
+        ("generate", {"n": 9}, "n", "n: Input should be less than or equal to"),
+        ("create_variation", {"image": b"not a png"}, "image", "image: "),
+        ("edit", {"mask": b"not a png"}, "mask", "mask: "),
+    ],
+)
+def test_a_400_names_the_openai_param_sent(
+    client: openai.OpenAI, action: str, sent: dict, param: str, message: str
+) -> None:
+    """Not the native field it maps to (width, num_images, init_image, mask_image)."""
+    arguments: dict = {"prompt": "a red square"} if action != "create_variation" else {}
+    if action != "generate":
+        arguments["image"] = ("i.png", encode_png(init_image()), "image/png")
+    arguments |= {name: ("x.png", value) if isinstance(value, bytes) else value
+                  for name, value in sent.items()}  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as bad:
+        getattr(client.images, action)(**arguments)
+    error = bad.value.body
+    assert isinstance(error, dict) and error["param"] == param, error
+    assert error["message"].startswith(message), error

@@ -13,13 +13,10 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, cast
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from PIL import Image
 
 from jobs import keys
@@ -33,7 +30,13 @@ from service.openapi import problem_responses
 from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import parsed, prepared
 from service.settings import ApiSettings
-from service.submission import enqueue, finished, images_of_finished, invalid
+from service.submission import (
+    dialect_field_names,
+    enqueue,
+    finished,
+    images_of_finished,
+    invalid,
+)
 from service.webhooks import with_header_webhook
 
 PREFIX = "/sdapi/v1"
@@ -80,18 +83,6 @@ A1111_NAMES = {"guidance_scale": "cfg_scale", "strength": "denoising_strength",
                "num_images": "batch_size", "sampler": "sampler_name",
                "init_image": "init_images", "mask_image": "mask",
                "model": "override_settings.sd_model_checkpoint"}  # fmt: skip
-
-
-@contextmanager
-def a1111_field_names() -> Iterator[None]:
-    """Validation errors inside name A1111's fields (cfg_scale, not guidance_scale)."""
-    try:
-        yield
-    except RequestValidationError as exc:
-        errors = [{**error, "loc": tuple(A1111_NAMES.get(part, part) if isinstance(part, str)
-                                         else part for part in error["loc"])}
-                  for error in exc.errors()]  # fmt: skip
-        raise RequestValidationError(errors) from None
 
 
 def as_float(value: Any) -> Any:
@@ -179,13 +170,13 @@ def build_router(settings: ApiSettings) -> APIRouter:
     @router.post("/txt2img", summary="A1111 txt2img (synchronous)")
     async def txt2img(request: Request, response: Response, owner: RateLimitedOwner,
                       deps: SubmitDeps) -> dict[str, Any]:  # fmt: skip
-        with a1111_field_names():
+        with dialect_field_names(A1111_NAMES):
             return await generate(request, response, owner, deps, "txt2img")
 
     @router.post("/img2img", summary="A1111 img2img; with `mask`, inpainting (synchronous)")
     async def img2img(request: Request, response: Response, owner: RateLimitedOwner,
                       deps: SubmitDeps) -> dict[str, Any]:  # fmt: skip
-        with a1111_field_names():
+        with dialect_field_names(A1111_NAMES):
             return await generate(request, response, owner, deps, "img2img")
 
     add_status_routes(router, settings)

@@ -28,7 +28,13 @@ from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import body_fields, parsed, prepared
 from service.settings import ApiSettings
-from service.submission import enqueue, finished, images_of_finished, invalid
+from service.submission import (
+    dialect_field_names,
+    enqueue,
+    finished,
+    images_of_finished,
+    invalid,
+)
 from service.webhooks import with_header_webhook
 
 NATIVE_EXTRAS = ("negative_prompt", "seed", "steps", "guidance_scale", "sampler", "model",
@@ -138,6 +144,10 @@ def request_body(action: str) -> dict[str, Any]:
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
+# A 400 names the field the caller sent: OpenAI's name for what the native request calls otherwise.
+OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}
+
+
 def native_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """OpenAI request fields -> the native request's (n, size "WxH"; extras passed through)."""
     native = {name: fields[name] for name in NATIVE_EXTRAS if name in fields}
@@ -202,11 +212,13 @@ def add_route(router: APIRouter, settings: ApiSettings, action: str, model: Any)
             native["init_image"] = fields.get("image", "")
         if action == "edits":  # no mask: the image's own transparency marks the area
             native["mask_image"] = fields.get("mask", fields.get("image", ""))
-        body: Txt2ImgRequest = with_header_webhook(request, parsed(model, native), settings)
+        names = OPENAI_NAMES | {"mask_image": "mask" if "mask" in fields else "image"}
         resolved: dict[str, object] | None = None
         uploads: dict[str, bytes] | None = None
-        if isinstance(body, Img2ImgRequest):
-            resolved, uploads = await run_in_threadpool(prepared, body, settings.limits)
+        with dialect_field_names(names):
+            body: Txt2ImgRequest = with_header_webhook(request, parsed(model, native), settings)
+            if isinstance(body, Img2ImgRequest):
+                resolved, uploads = await run_in_threadpool(prepared, body, settings.limits)
         store = deps[1]
         job = await run_in_threadpool(
             enqueue, body, str(uuid.uuid4()), owner, None, response, deps, resolved, uploads
