@@ -151,7 +151,7 @@ _DEFAULT_FIELDS = _bounded_fields(DEFAULT_LIMITS)
 class Txt2ImgRequest(BaseModel):
     """Body of POST /v1/txt2img; use `request_model(limits)` for configured bounds."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     limits: ClassVar[Limits] = DEFAULT_LIMITS
     task: ClassVar[Task] = Task.txt2img
     prompt_may_be_empty: ClassVar[bool] = False

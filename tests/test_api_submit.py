@@ -125,6 +125,24 @@ def test_each_bound_is_422_naming_the_field(
     assert store.queue("default").count == 0
 
 
+@pytest.mark.parametrize(
+    ("literal", "field"),
+    [("NaN", "guidance_scale"), ("Infinity", "guidance_scale"), ("-Infinity", "eta")],
+)
+def test_nan_and_infinity_are_422_as_not_finite(
+    api: ApiServer, store: JobStore, literal: str, field: str
+) -> None:
+    """Python's JSON parser reads these literals; NaN failed `<= 30` and was told it was too big."""
+    with api.client() as client:
+        reply = client.post("/v1/txt2img", content=f'{{"prompt": "x", "{field}": {literal}}}',
+                            headers={"content-type": "application/json"})  # fmt: skip
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["errors"] == [
+        {"field": field, "message": "Input should be a finite number"}
+    ]
+    assert store.queue("default").count == 0
+
+
 def test_values_at_the_bounds_are_accepted(api: ApiServer, store: JobStore) -> None:
     body = {
         "prompt": "x" * 200,
