@@ -93,13 +93,17 @@ def add_client_options(action: argparse.ArgumentParser, task: str) -> None:
         default=os.environ.get("LDM_API_KEY"),
         help="sent as a Bearer token (default: $LDM_API_KEY)",
     )
+    action.add_argument("--model", help="a served model's name (GET /v1/models)" + server)
     if task != "sample":
         action.add_argument("--negative-prompt", help="what not to draw" + server)
     action.add_argument("--width", type=int, help="multiple of 8" + server)
     action.add_argument("--height", type=int, help="multiple of 8" + server)
     action.add_argument("--steps", type=int, help="denoising steps" + server)
-    action.add_argument("--guidance-scale", type=float, help="classifier-free guidance" + server)
+    action.add_argument("--guidance-scale", "--guidance", type=float,
+                        help="classifier-free guidance" + server)  # fmt: skip
     action.add_argument("--sampler", choices=[s.value for s in Sampler], help="sampler" + server)
+    action.add_argument("--eta", type=float, help="fresh-noise scale, 0-1 (default: the sampler's)")
+    action.add_argument("--karras", action="store_true", help="Karras et al. (2022) sigma spacing")
     action.add_argument("--seed", type=int, help="image i uses seed + i (default: random)")
     action.add_argument("--num-images", type=int, help="images per request" + server)
     action.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job")
@@ -217,6 +221,7 @@ def client_params(args: argparse.Namespace) -> dict[str, Any]:
         "negative_prompt": args.negative_prompt, "width": args.width, "height": args.height,
         "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
         "seed": args.seed, "num_images": args.num_images, "task": args.task,
+        "model": args.model, "eta": args.eta, "karras": args.karras or None,
     }  # fmt: skip
     if args.task == "upscale":
         params["image"] = args.image.read_bytes()

@@ -19,7 +19,7 @@ from PIL import Image
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from tests.api_harness import KEY_A, ApiServer, encode_png, serve
+from tests.api_harness import KEY_A, ApiServer, encode_png, native_first_image, serve
 from tests.conftest import REPO, RedisServer
 from tests.worker_harness import WorkerProcess, tiny_model
 
@@ -138,6 +138,25 @@ def test_cancel_running_over_http_and_cli_client(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert Image.open(out).text["parameters"].startswith("a tiny cat")
+
+
+def test_the_client_sends_model_eta_karras_and_guidance(api: ApiServer, worker: WorkerProcess,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """Options the API takes and `ldm-serve client` had no way to send (--model, --eta,
+    --karras; --guidance as generate spells it): its image is the native API's for them."""
+    out = tmp_path / "karras.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "client", "txt2img", "a tiny cat", "-o", str(out),
+         "--url", api.url, "--api-key", KEY_A, "--steps", "3", "--seed", "7", "--model", "default",
+         "--sampler", "euler_a", "--karras", "--eta", "0.5", "--guidance", "4"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = {"prompt": "a tiny cat", "steps": 3, "seed": 7, "sampler": "euler_a",
+            "guidance_scale": 4.0}  # fmt: skip
+    chosen = native_first_image(api, "/v1/txt2img", json={**body, "karras": True, "eta": 0.5})
+    plain = native_first_image(api, "/v1/txt2img", json=body)
+    assert out.read_bytes() == chosen and chosen != plain
 
 
 def test_heun_progress_counts_steps_not_denoiser_calls(
