@@ -49,7 +49,8 @@ class KeyRing:
         return owner_id(presented) if match else None
 
 
-def _unauthorized(detail: str, error: str) -> Problem:
+def unauthorized(detail: str, error: str) -> Problem:
+    """401 with a Bearer challenge (`error`: RFC 6750's code, e.g. invalid_token; "" for none)."""
     challenge = 'Bearer realm="ldm-serve"' + (f', error="{error}"' if error else "")
     return Problem(
         401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": challenge}
@@ -83,11 +84,11 @@ async def require_owner(
         return ANONYMOUS
     presented = credentials.credentials if credentials is not None else basic_password(request)
     if presented is None:
-        raise _unauthorized("missing Authorization: Bearer <api key> header", "")
+        raise unauthorized("missing Authorization: Bearer <api key> header", "")
     owner = ring.owner_of(presented)
     if owner is None:
         logger.info("rejected an invalid API key on %s %s", request.method, request.url.path)
-        raise _unauthorized("invalid API key", "invalid_token")
+        raise unauthorized("invalid API key", "invalid_token")
     return owner
 
 

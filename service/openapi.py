@@ -14,7 +14,8 @@ PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": REF_PREFIX + "Problem
 # What each error status means anywhere in this API (a route lists the ones it can answer).
 DESCRIPTIONS = {
     400: "Malformed JSON body",
-    401: "Missing or invalid API key (`Authorization: Bearer <key>`, when keys are configured)",
+    401: "Missing or invalid API key (`Authorization: Bearer <key>`, when keys are configured), "
+    "or a signed image URL's signature invalid or expired",
     404: "No such job for this API key, or no such image index",
     409: "Conflict: the job already finished (cancel), its images are not ready yet, or a request "
     "with this Idempotency-Key is still in progress",

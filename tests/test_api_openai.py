@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl
 
+import httpx
 import numpy as np
 import openai
 import pytest
+import redis
 from PIL import Image
 
+from jobs import keys
+from service.signed_urls import signature, url_key
 from tests.api_harness import KEY_A, ApiServer, encode_png, native_first_image, serve
 from tests.conftest import RedisServer
 from tests.worker_harness import WorkerProcess, tiny_model
@@ -89,9 +95,41 @@ def test_generate_equals_the_native_txt2img(
     theirs = native(stack, "/v1/txt2img", json={"prompt": "a red square", "width": SIZE,
                                                 "height": SIZE, **NATIVE})  # fmt: skip
     assert np.array_equal(ours, theirs)
-    urls = client.images.generate(prompt="a red square", size=f"{SIZE}x{SIZE}",
+
+
+def test_url_images_are_signed_and_need_no_key(stack: ApiServer, client: openai.OpenAI) -> None:
+    """As OpenAI's: a plain GET of the URL (requests.get, <img src>) reads the image until it
+    expires; the image route asked for the API key, so every such GET was a 401."""
+    urls = client.images.generate(prompt="a red square", n=2, size=f"{SIZE}x{SIZE}",
                                   response_format="url", extra_body=NATIVE)  # fmt: skip
-    assert urls.data[0].url and "/v1/jobs/" in urls.data[0].url
+    first = urls.data[0].url or ""
+    fetched = httpx.get(first)  # no Authorization header
+    assert fetched.status_code == 200, fetched.text
+    b64 = client.images.generate(prompt="a red square", size=f"{SIZE}x{SIZE}",
+                                 response_format="b64_json", extra_body=NATIVE)  # fmt: skip
+    assert fetched.content == base64.b64decode(b64.data[0].b64_json or "")
+    assert httpx.get(urls.data[1].url or "").status_code == 200
+    path, _, query = first.partition("?")
+    params = dict(parse_qsl(query))
+    job_id = path.split("/")[-3]
+    server_key = redis.Redis.from_url(stack.redis_url).get(keys.webhook_server_secret())
+    assert isinstance(server_key, bytes)
+    key = url_key(server_key)
+    assert params["signature"] == signature(key, job_id, 0, int(params["expires"]))
+    assert 50 < int(params["expires"]) - time.time() <= 60  # LDM_RESULT_TTL here, under the hour
+    past, later = int(time.time()) - 1, int(params["expires"]) + 60
+    forged = {
+        "another image": f"{path[:-1]}1?{query}",
+        "a later expiry": f"{path}?expires={later}&signature={params['signature']}",
+        "expired, though signed": f"{path}?expires={past}&signature="
+                                  f"{signature(key, job_id, 0, past)}",
+        "no signature": f"{path}?expires={params['expires']}",
+    }  # fmt: skip
+    for what, url in forged.items():
+        refused = httpx.get(url)
+        assert refused.status_code == 401, what
+        assert refused.json()["detail"] == "the image URL's signature is invalid or expired"
+    assert httpx.get(path).status_code == 401  # the route without a signature: the key, as ever
 
 
 def test_edit_inpaints_the_transparent_area(stack: ApiServer, client: openai.OpenAI) -> None:

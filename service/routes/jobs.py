@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
@@ -21,6 +21,7 @@ from service.deps import Store
 from service.errors import Problem, redis_unavailable
 from service.openapi import problem_responses
 from service.redis_client import with_fresh_deadline
+from service.signed_urls import OwnerUnlessSigned, SignedUrl, app_url_key
 from service.views import JobView, job_view
 
 logger = logging.getLogger(__name__)
@@ -150,10 +151,19 @@ def _refresh(store: JobStore, record: JobRecord) -> JobRecord | None:
     summary="Image bytes",
 )
 def get_image(
-    job_id: JobId, index: Annotated[int, Path(ge=0, le=1024)], owner: Owner, store: Store
+    request: Request,
+    job_id: JobId,
+    index: Annotated[int, Path(ge=0, le=1024)],
+    caller: OwnerUnlessSigned,
+    store: Store,
 ) -> Response:
-    """The encoded image with its content type (png, jpeg or webp as requested)."""
-    record = load_job(store, job_id, owner)
+    """The encoded image with its content type (png, jpeg or webp as requested); with a signed
+    URL's `expires` and `signature` (OpenAI's response_format=url), no API key is needed."""
+    if isinstance(caller, SignedUrl):  # whoever holds it may read this image until it expires
+        caller.check(app_url_key(request), job_id, index)
+        signed = store.get(job_id)
+        caller = signed.owner if signed is not None else store.tombstone(job_id) or ""
+    record = load_job(store, job_id, caller)
     if index >= record.request.num_images:
         raise Problem(404, "not-found", "Not found", f"index: job has {record.request.num_images}")
     if record.status is not JobStatus.succeeded:

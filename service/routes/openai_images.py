@@ -28,6 +28,7 @@ from service.deps import SubmitDeps
 from service.ratelimit import RateLimitedOwner
 from service.routes.image_tasks import body_fields, parsed, prepared
 from service.settings import ApiSettings
+from service.signed_urls import app_url_key, signed_path
 from service.submission import (
     dialect_field_names,
     enqueue,
@@ -165,14 +166,21 @@ def native_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 async def images_of(
-    request: Request, store: JobStore, job_id: str, timeout: float, url: bool
+    request: Request,
+    store: JobStore,
+    job_id: str,
+    timeout: float,
+    url_key: bytes | None,
+    url_ttl_s: int,
 ) -> tuple[list[ImageData], Usage | None]:
-    """Wait for the job; its images as b64_json or as URLs of the job's image route, and usage."""
+    """Wait for the job; its images as b64_json or (given the signing key) as signed URLs of the
+    job's image route, which need no API key until they expire, and usage."""
     record = await finished(store, job_id, timeout)
     count = record.request.num_images
-    if url:
+    if url_key is not None:
         base = str(request.base_url).rstrip("/")
-        urls = [ImageData(url=f"{base}/v1/jobs/{job_id}/images/{i}") for i in range(count)]
+        urls = [ImageData(url=base + signed_path(url_key, job_id, i, url_ttl_s))
+                for i in range(count)]  # fmt: skip
         return urls, record.usage
     images = await images_of_finished(store, record)
     encoded = [ImageData(b64_json=base64.b64encode(data).decode()) for data in images]
@@ -223,8 +231,10 @@ def add_route(router: APIRouter, settings: ApiSettings, action: str, model: Any)
         job = await run_in_threadpool(
             enqueue, body, str(uuid.uuid4()), owner, None, response, deps, resolved, uploads
         )
-        url = fields.get("response_format", "b64_json") == "url"
-        data, usage = await images_of(request, store, job.id, settings.sync_timeout_s, url)
+        url = fields.get("response_format", "b64_json") == "url"  # the key: before the wait
+        key = await run_in_threadpool(app_url_key, request) if url else None
+        data, usage = await images_of(request, store, job.id, settings.sync_timeout_s, key,
+                                      settings.result_ttl)  # fmt: skip
         request_ = job.request
         return ImagesResponse(created=int(time.time()), data=data,
                               output_format=request_.output_format.value,
