@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,41 @@ def test_loaded_weights_are_owned_and_aligned(tiny: Path) -> None:
     for network in (c.unet, c.vae):
         tensors = [*network.parameters(), *network.buffers()]
         assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors)
+
+
+def unet_config(folder: Path, **changes: object) -> None:
+    path = folder / "unet" / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+@pytest.mark.parametrize(
+    ("family", "why"),
+    [
+        ("sdxl", "StableDiffusionXLPipeline: a UNet with addition_embed_type 'text_time' (SDXL's"),
+        ("dit", "StableDiffusion3Pipeline has a transformer/ (a DiT): ldm-serve runs UNet latent"),
+        ("depth", "unet: per-block transformer depth or cross_attention_dim is not supported"),
+    ],
+)
+def test_other_model_families_are_refused_naming_why(
+    tiny: Path, tmp_path: Path, family: str, why: str
+) -> None:
+    """They met a transformers error about a repo id, or a ValueError past the CheckpointError
+    every caller catches (a traceback from generate, a worker's crash)."""
+    folder = tmp_path / family
+    shutil.copytree(tiny, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    if family == "sdxl":
+        index["_class_name"] = "StableDiffusionXLPipeline"
+        unet_config(folder, addition_embed_type="text_time", transformer_layers_per_block=[1, 2])
+    elif family == "dit":
+        index["_class_name"] = "StableDiffusion3Pipeline"
+        (folder / "unet").rename(folder / "transformer")
+    else:
+        unet_config(folder, transformer_layers_per_block=[1, 2])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError) as refused:
+        load_pipeline(folder)
+    assert str(refused.value).startswith(why)
 
 
 def convert(*args: str) -> None:

@@ -74,7 +74,10 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def _load_network(folder: Path, name: str, build, read_config, prefixes, fused=None):  # noqa: ANN001, ANN202
     """Build a network on the meta device from config.json, then assign renamed, checked weights
     (`fused(config)`: the self-attention blocks whose q/k/v CompVis fuses, with their heads)."""
-    config = read_config(_read_json(folder / "config.json"))
+    try:
+        config = read_config(_read_json(folder / "config.json"))
+    except ValueError as error:  # a layout ours does not build (per-block depth, ...)
+        raise CheckpointError(f"{name}: {error}") from None
     with torch.device("meta"):
         module = build(config)
     weights = _weights(folder)
@@ -151,10 +154,29 @@ def no_progress_bar() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def check_family(path: Path) -> None:
+    """Refuse, naming why, a folder of another model family: a transformer (SD3, Flux, PixArt)
+    or SDXL's UNet, whose added time and text embeddings ours does not have."""
+    kind = pipeline_class(path) or "this folder"
+    runs = (
+        "ldm-serve runs UNet latent diffusion models (Stable Diffusion 1.x/2.x, the paper's LDMs)"
+    )
+    if not (path / "unet").is_dir():
+        dit = (path / "transformer").is_dir()
+        raise CheckpointError(
+            f"{kind} has {'a transformer/ (a DiT)' if dit else 'no unet/'}: {runs}"
+        )
+    added = _read_json(path / "unet" / "config.json").get("addition_embed_type")
+    if added is not None:
+        raise CheckpointError(f"{kind}: a UNet with addition_embed_type {added!r} (SDXL's added "
+                              f"time and text embeddings) is not supported: {runs}")  # fmt: skip
+
+
 def load_diffusers(path: Path) -> Components:
     """All components of a diffusers Stable Diffusion folder, on the CPU in fp32."""
     if not is_diffusers_folder(path):
         raise CheckpointError(f"{path} is not a diffusers folder (no model_index.json)")
+    check_family(path)
     try:
         with no_progress_bar():  # a worker's log is one line per event, not a tqdm bar
             text_encoder = CLIPTextModel.from_pretrained(
