@@ -108,6 +108,17 @@ def test_other_model_families_are_refused_naming_why(
     assert str(refused.value).startswith(why)
 
 
+def test_an_sdxl_single_file_is_refused_naming_it(tmp_path: Path) -> None:
+    """It was told to bring the YAML it was trained with, as a paper model's .ckpt is."""
+    path = tmp_path / "sd_xl_base.safetensors"
+    clip = "conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"
+    save_file({clip: torch.zeros(2),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+               "first_stage_model.decoder.conv_out.bias": torch.zeros(3)}, str(path))  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"^sd_xl_base.safetensors is an SDXL checkpoint"):
+        load_pipeline(path)
+
+
 def convert(*args: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "cli.main", "convert", *args], cwd=REPO, env=env,

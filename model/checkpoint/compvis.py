@@ -31,6 +31,7 @@ from model.checkpoint.ldm_folders import (
     TEXT_TO_IMAGE,
     UNCONDITIONAL,
 )
+from model.checkpoint.single_file import SDXL_CONDITIONER
 from model.class_embedder import ClassEmbedder
 from model.components import Components
 from model.ldm_bert import LDMBert
@@ -223,7 +224,8 @@ def explain_missing_config(path: Path, error: CheckpointError) -> CheckpointErro
     cond = [k for k in keys if k.startswith(COND_STAGE)]
     paper = not cond or any(k.startswith((f"{COND_STAGE}transformer.attn_layers.",
                                           f"{COND_STAGE}embedding.")) for k in cond)  # fmt: skip
-    if f"{UNET}input_blocks.0.0.weight" not in keys or not paper:
+    sdxl = any(k.startswith(SDXL_CONDITIONER) for k in keys)  # single_file.py says what it is
+    if f"{UNET}input_blocks.0.0.weight" not in keys or not paper or sdxl:
         return error
     return CheckpointError(
         f"{path.name} is a CompVis checkpoint of an LDM whose structure is in the YAML it was "

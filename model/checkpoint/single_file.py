@@ -141,9 +141,16 @@ def _configs_from(meta: dict[str, Any] | None, config_dir: Path | None) -> dict[
     return {}
 
 
+SDXL_CONDITIONER = "conditioner.embedders."  # SDXL's (and SD3's) text encoders, never SD 1.x/2.x
+
+
 def load_single_file(path: Path, config_dir: Path | None = None) -> Components:
     """Components from one original-layout checkpoint file (fp32, CPU), strictly checked."""
     sd = read_state_dict(path)
+    if any(key.startswith(SDXL_CONDITIONER) for key in sd):
+        raise CheckpointError(f"{path.name} is an SDXL checkpoint ({SDXL_CONDITIONER}*): not "
+                              "supported; ldm-serve runs Stable Diffusion 1.x/2.x and the "
+                              "paper's LDMs")  # fmt: skip
     raw = read_metadata(path).get(METADATA_KEY)
     given = _configs_from(json.loads(raw) if raw else None, config_dir)
     unet_sd, vae_sd = _strip(sd, UNET_PREFIX), _strip(sd, VAE_PREFIX)
