@@ -93,6 +93,10 @@ def run_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    taken = metrics_port_in_use(env)
+    if taken:
+        print(f"ldm-serve up: {taken}; is another `ldm-serve up` running?", file=sys.stderr)
+        return 1
     stop: list[int] = []  # a signal while starting up stops everything once all is started
     signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
@@ -171,6 +175,26 @@ def spawn(argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
 def url_of(host: str, port: int) -> str:
     """http://host:port, with IPv6 literals in brackets."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# The children's own /metrics listeners: (what, port setting, its default, host setting).
+METRICS_LISTENERS = (
+    ("the worker's", "LDM_METRICS_PORT", 9101, "LDM_METRICS_HOST"),
+    ("the webhook deliverer's", "LDM_WEBHOOK_METRICS_PORT", 9102, "LDM_WEBHOOK_METRICS_HOST"),
+)
+
+
+def metrics_port_in_use(env: Mapping[str, str]) -> str | None:
+    """Which child's metrics port cannot be listened on, naming its setting: that child would
+    die at each start until the supervisor gave up on all of them."""
+    for what, setting, default, host_setting in METRICS_LISTENERS:
+        value = env.get(setting) or str(default)
+        port = int(value) if value.isdigit() else 0  # not a port: the child's settings say so
+        busy = listen_error(env.get(host_setting, LOOPBACK), port) if port else None
+        if busy:
+            return (f"{what} metrics port {port} is taken ({busy}): set {setting} to a free "
+                    "port, or 0 for none")  # fmt: skip
+    return None
 
 
 def listen_error(host: str, port: int) -> str | None:

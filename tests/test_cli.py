@@ -189,6 +189,27 @@ def test_up_names_a_port_in_use(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "what"),
+    [("LDM_METRICS_PORT", "the worker's"), ("LDM_WEBHOOK_METRICS_PORT", "the webhook deliverer's")],
+)
+def test_up_names_a_metrics_port_in_use(tmp_path: Path, setting: str, what: str) -> None:
+    """A second `up` on another --port: its deliverer could not bind 9102, died at each start, and
+    the supervisor gave up on the whole stack after a minute of restarts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+               "LDM_METRICS_PORT": str(free_port()), "LDM_WEBHOOK_METRICS_PORT": str(free_port()),
+               setting: str(port)}  # fmt: skip
+        result = ldm_serve("up", "--port", str(free_port()), "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f"ldm-serve up: {what} metrics port {port} is taken (Address already "
+                             f"in use): set {setting} to a free port, or 0 for none; is another "
+                             "`ldm-serve up` running?\n")  # fmt: skip
+
+
 def serve_api(redis_url: str, log: Path, *argv: str) -> tuple[subprocess.Popen[bytes], int]:
     """`ldm-serve api` without API keys, healthy on 127.0.0.1."""
     port = free_port()

@@ -65,6 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         **{k: v for k, v in os.environ.items() if not k.startswith(("LDM_", "REDIS_"))},
         "PATH": str(empty_bin), "XDG_STATE_HOME": str(root / "state"),
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "LDM_METRICS_PORT": str(metrics_port),
+        "LDM_WEBHOOK_METRICS_PORT": str(free_port()),  # not 9102: another `up` may hold it
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LDM_SHUTDOWN_GRACE": "5",
     }  # fmt: skip

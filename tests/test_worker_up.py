@@ -29,6 +29,7 @@ def test_up_runs_the_stack_in_the_foreground_and_stops_cleanly(
     env = {
         **os.environ, **FAST_ENV, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "LDM_MODEL": str(tiny_model), "LDM_METRICS_PORT": str(free_port()),
+        "LDM_WEBHOOK_METRICS_PORT": str(free_port()),
         "LDM_MIN_SIZE": "32", "LDM_DEFAULT_SIZE": "32", "PYTHONPATH": str(REPO),
     }  # fmt: skip
     up = subprocess.Popen(
