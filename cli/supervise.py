@@ -2,8 +2,9 @@
 
 A child that exits is started again after a delay that doubles with each quick death in a row
 (1 s after one that had run for a while, then 2, 4, 8, 16 s); the fifth quick death in a row is a
-crash loop, and the supervisor gives up. Children stop in reverse order: the worker first, so
-it can finish or hand back its jobs while Redis still runs.
+crash loop, and the supervisor gives up; on exit code 2 (a configuration error) it gives up at
+once. Children stop in reverse order: the worker first, so it can finish or hand back its jobs
+while Redis still runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ FIRST_DELAY_S = 1.0
 MAX_DELAY_S = 30.0
 STABLE_S = 10.0  # a run this long was no crash loop: the next restart waits FIRST_DELAY_S
 MAX_QUICK_DEATHS = 5
+EXIT_USAGE = 2  # argparse's usage error, a worker's model path that holds no model: never retried
 
 log = logging.getLogger("ldm-serve.up")
 
@@ -75,6 +77,10 @@ class Supervisor:
                 if code is None:
                     continue
             ran = now - child.started_at
+            if code == EXIT_USAGE:  # its settings are wrong: a restart would fail the same way
+                log.error("%s exited with %d: its configuration is wrong (its log says why); "
+                          "not restarting", child.name, code)  # fmt: skip
+                return child
             child.quick_deaths = 0 if ran >= STABLE_S else child.quick_deaths + 1
             if child.quick_deaths >= MAX_QUICK_DEATHS:
                 log.error(

@@ -210,6 +210,26 @@ def test_up_names_a_metrics_port_in_use(tmp_path: Path, setting: str, what: str)
                              "`ldm-serve up` running?\n")  # fmt: skip
 
 
+@pytest.mark.slow  # starts Redis, the API and a worker: seconds
+def test_up_stops_at_once_naming_a_model_path_that_holds_no_model(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not weights")
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "LDM_MODEL": str(junk),
+        "LDM_METRICS_PORT": str(free_port()),
+        "LDM_WEBHOOK_METRICS_PORT": str(free_port()),
+    }
+    started = time.monotonic()
+    result = ldm_serve("up", "--port", str(free_port()), "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 1
+    assert "junk.safetensors is not a readable safetensors file" in result.stderr
+    assert "worker exited with 2: its configuration is wrong" in result.stderr
+    assert "restarting it in" not in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60  # five restarts took 31 s of back-off alone
+
+
 def serve_api(redis_url: str, log: Path, *argv: str) -> tuple[subprocess.Popen[bytes], int]:
     """`ldm-serve api` without API keys, healthy on 127.0.0.1."""
     port = free_port()
@@ -280,3 +300,12 @@ def test_supervisor_restarts_with_backoff_and_gives_up_on_a_crash_loop() -> None
             now += 0.5  # each restart dies half a second in: a crash loop
     assert starts == [restart_delay(n) for n in range(MAX_QUICK_DEATHS)] == [1, 2, 4, 8, 16]
     assert gave_up is child
+
+
+def test_supervisor_gives_up_at_once_on_a_configuration_error() -> None:
+    """Exit code 2 (a worker whose model path holds no model, a usage error) fails the same way
+    at every restart: five of them only delayed `up`'s exit by half a minute."""
+    supervisor = Supervisor()
+    child = Child("worker", lambda: Exits(2))  # type: ignore[arg-type, return-value]
+    supervisor.add(child, now=0.0)
+    assert supervisor.tend(0.5) is child
