@@ -176,7 +176,7 @@ def test_webhook_rules_read_the_deliverers_real_series() -> None:
     """Rules read only series the deliverer exports, and every one of its metrics is watched."""
     exported, read = deliverer_series(), set()
     for name, expr in rule_expressions():
-        webhook = {s for s in series_names(expr) if s.startswith("ldm_webhook_")}
+        webhook = {s for s in series_names(expr) if s.startswith(("ldm_webhook_", "ldm_build_"))}
         assert webhook <= exported, f"{name} reads {sorted(webhook - exported)}"
         read |= webhook
     families = {re.sub(r"_(bucket|sum|count|created)$", "", s) for s in exported}
