@@ -122,13 +122,21 @@ def test_upscale_rejects_bad_options_in_one_line(argv: list[str], message: str) 
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["generate", "upscale"])
+SLOW = pytest.mark.slow  # each imports torch in a subprocess (~10 s here): one in the fast tier
+REFUSED = "junk.ckpt was refused: not a plain-weights checkpoint"
+
+
 @pytest.mark.parametrize(
-    ("name", "content", "why"),
+    ("command", "name", "content", "why"),
     [
-        ("empty", None, "not a diffusers folder or a checkpoint file"),
-        ("junk.safetensors", b"not weights", "junk.safetensors is not a readable safetensors file"),
-        ("junk.ckpt", b"junk\n", "junk.ckpt was refused: not a plain-weights checkpoint"),
+        ("generate", "junk.ckpt", b"junk\n", REFUSED),
+        pytest.param("upscale", "junk.ckpt", b"junk\n", REFUSED, marks=SLOW),
+        *(pytest.param(command, name, content, why, marks=SLOW)
+          for command in ("generate", "upscale")
+          for name, content, why in (
+              ("empty", None, "not a diffusers folder or a checkpoint file"),
+              ("junk.safetensors", b"not weights",
+               "junk.safetensors is not a readable safetensors file"))),
     ],
 )  # fmt: skip
 def test_a_model_path_that_holds_no_model_is_one_line(
@@ -146,6 +154,7 @@ def test_a_model_path_that_holds_no_model_is_one_line(
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow  # a worker process importing torch: seconds
 def test_a_worker_whose_model_path_holds_no_model_exits_2_in_one_line(tmp_path: Path) -> None:
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"junk\n")  # torch's unpickler raised KeyError here: a traceback, exit 1
