@@ -45,8 +45,10 @@ DEFAULTS = {"steps": 20, "cfg_scale": 7.0, "width": 512, "height": 512, "seed": 
 LATEST_TTL_S = 24 * 3600
 
 
-def native_fields(body: dict[str, Any], store: JobStore, owner: str) -> dict[str, Any]:
-    """A1111 request fields -> the native request's."""
+def native_fields(
+    body: dict[str, Any], store: JobStore, owner: str, sampler_names: dict[str, str]
+) -> dict[str, Any]:
+    """A1111 request fields -> the native request's (`sampler_names`: A1111's -> ours)."""
     a = {**DEFAULTS, **{k: v for k, v in body.items() if v is not None}}
     batch, rounds = a["batch_size"], a["n_iter"]
     fields: dict[str, Any] = {
@@ -62,7 +64,7 @@ def native_fields(body: dict[str, Any], store: JobStore, owner: str) -> dict[str
         fields["eta"] = body["eta"]
     name = a.get("sampler_name") or a.get("sampler_index")
     if name:
-        ours = store.sampler_names().get(str(name))
+        ours = sampler_names.get(str(name))
         if ours is None:
             raise invalid("sampler_name", f"unknown sampler {name!r}; GET {PREFIX}/samplers")
         sampler, _, karras = ours.partition(" ")
@@ -147,7 +149,8 @@ def build_router(settings: ApiSettings) -> APIRouter:
             raise invalid("body", "not JSON") from None
         if not isinstance(body, dict):
             raise invalid("body", "must be a JSON object")
-        fields = await run_in_threadpool(native_fields, body, store, owner)
+        names = await run_in_threadpool(store.sampler_names)  # read once: fields and the reply
+        fields = await run_in_threadpool(native_fields, body, store, owner, names)
         resolved = uploads = None
         if task == "txt2img":
             payload: Txt2ImgRequest = parsed(txt2img_model, fields)
@@ -163,7 +166,6 @@ def build_router(settings: ApiSettings) -> APIRouter:
         latest_key = keys.a1111_latest(owner)  # a blocking call: off the event loop
         await run_in_threadpool(store.redis.set, latest_key, job.id, ex=LATEST_TTL_S)
         response.status_code = 200
-        names = await run_in_threadpool(store.sampler_names)  # before the wait spends the deadline
         record = await finished(store, job.id, settings.sync_timeout_s)
         return reply(record, await images_of_finished(store, record), body, names)
 

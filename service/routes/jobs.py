@@ -38,11 +38,13 @@ def _not_found() -> Problem:
     return Problem(404, "not-found", "Not found", "no such job")
 
 
-def load_job(store: JobStore, job_id: str, owner: str) -> JobRecord:
-    """The caller's job, reconciled with rq; 404 if unknown or someone else's, 410 if expired."""
+def load_job(store: JobStore, job_id: str, owner: str | None) -> JobRecord:
+    """The caller's job (owner None: a signed URL's, whoever owns it), reconciled with rq; 404 if
+    unknown or someone else's, 410 if expired."""
     record = store.get(job_id)
-    if record is None or record.owner != owner:
-        if store.tombstone(job_id) == owner and record is None:
+    if record is None or (owner is not None and record.owner != owner):
+        expired_for = store.tombstone(job_id) if record is None else None
+        if expired_for is not None and owner in (None, expired_for):
             raise Problem(410, "gone", "Gone", "the job and its images expired")
         raise _not_found()
     return store.reconcile(record)
@@ -161,9 +163,7 @@ def get_image(
     URL's `expires` and `signature` (OpenAI's response_format=url), no API key is needed."""
     if isinstance(caller, SignedUrl):  # whoever holds it may read this image until it expires
         caller.check(app_url_key(request), job_id, index)
-        signed = store.get(job_id)
-        caller = signed.owner if signed is not None else store.tombstone(job_id) or ""
-    record = load_job(store, job_id, caller)
+    record = load_job(store, job_id, None if isinstance(caller, SignedUrl) else caller)
     if index >= record.request.num_images:
         raise Problem(404, "not-found", "Not found", f"index: job has {record.request.num_images}")
     if record.status is not JobStatus.succeeded:
