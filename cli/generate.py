@@ -182,6 +182,16 @@ def missing_files(args: argparse.Namespace) -> str | None:
     return None
 
 
+def positional_prompt(args: argparse.Namespace) -> str | None:
+    """Take the prompt given positionally (`generate "a red circle"`, as `client` reads it) as
+    --prompt; a problem when both are given and differ."""
+    if args.prompt_text is not None:
+        if args.prompt is not None and args.prompt != args.prompt_text:
+            return f"two prompts: {args.prompt_text!r} and --prompt {args.prompt!r}; give one"
+        args.prompt = args.prompt_text
+    return None
+
+
 def is_shipped(model: str) -> bool:
     """Whether `model` is the shipped default model."""
     return Path(model).resolve() == DEFAULT_MODEL.resolve()
@@ -217,6 +227,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     gen.add_argument(
         "--prompt", default=None, help="what to draw (required unless the model is unconditional)"
     )
+    gen.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the same as --prompt")
     gen.add_argument("--negative-prompt", default="", help="what not to draw")
     gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     gen.add_argument("--steps", type=int, default=25, help="denoising steps")
@@ -284,9 +295,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def _with_model_defaults(args: argparse.Namespace) -> int:
     """Default size and guidance: the shipped model's own (64, 3), else the service's (512, 7.5);
     options outside the API's bounds: one line on stderr and exit code 2, like argparse's."""
-    missing = missing_files(args)
-    if missing:
-        print(f"ldm-serve generate: error: {missing}", file=sys.stderr)
+    problem = missing_files(args) or positional_prompt(args)
+    if problem:
+        print(f"ldm-serve generate: error: {problem}", file=sys.stderr)
         return 2
     shipped = is_shipped(args.model)
     size = DEFAULT_MODEL_SIZE if shipped else 512

@@ -176,6 +176,25 @@ def test_generate_prints_the_shipped_models_warnings(tmp_path: Path) -> None:
     assert out.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow  # seconds of real processes or files: full tier
+def test_generate_takes_the_prompt_positionally_as_client_does(tmp_path: Path) -> None:
+    by_option, positional = tmp_path / "option.png", tmp_path / "positional.png"
+    for argv in (("--prompt", "a red circle", "-o", str(by_option)),
+                 ("a red circle", "-o", str(positional))):  # fmt: skip
+        result = ldm_serve("generate", *argv, "--steps", "3", "--seed", "4")
+        assert result.returncode == 0, result.stderr
+    assert positional.read_bytes() == by_option.read_bytes()
+
+
+def test_generate_refuses_two_different_prompts_in_one_line(tmp_path: Path) -> None:
+    result = ldm_serve("generate", "a red circle", "--prompt", "a blue square", "-o",
+                       str(tmp_path / "x.png"))  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ldm-serve generate: error: two prompts: 'a red circle' " \
+        "and --prompt 'a blue square'; give one"  # fmt: skip
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_client_names_the_url_it_cannot_reach() -> None:
     port = free_port()  # nothing listens there
     result = ldm_serve("client", "txt2img", "a red circle", "--url", f"http://127.0.0.1:{port}")
