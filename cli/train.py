@@ -126,7 +126,7 @@ def run_ldm(args: argparse.Namespace) -> int:
         captions,
         args.autoencoder,
         args.run_dir,
-        args.output,
+        args.output or args.run_dir / "model",
         unet_config=unet,
         schedule=schedule,
         training=training,
@@ -215,9 +215,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="the stage-1 autoencoder",
     )
     stage2.add_argument("--run-dir", type=Path, default=Path("runs/ldm"), help="checkpoints, logs")
-    stage2.add_argument(
-        "--output", type=Path, default=Path("models/default"), help="the diffusers folder written"
-    )
+    stage2.add_argument(  # never the shipped model's folder unless asked: a run overwrote it
+        "--output", type=Path, default=None,
+        help="the diffusers folder written (default: RUN_DIR/model)",
+    )  # fmt: skip
     stage2.add_argument(
         "--prediction-type",
         choices=("v_prediction", "epsilon"),

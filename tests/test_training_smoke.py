@@ -259,3 +259,19 @@ def test_align_decoder_changes_only_the_decoder(
     assert main([*argv, "--output", str(out), "--num-images", "40", "--steps", "2"]) == 0
     engine = BatchEngine(load_pipeline(out))
     assert len(txt2img(engine, ["a red circle"], seeds=[0], width=64, height=64, steps=2)) == 1
+
+
+@pytest.mark.slow  # a training step of the shapes UNet: full tier
+def test_train_ldm_writes_into_its_run_dir_unless_told(
+    autoencoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train ldm` without --output once wrote models/default, the shipped model, when run from
+    the repository (as its README's commands are)."""
+    from cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "ldm", "--autoencoder", str(autoencoder), "--run-dir", "run", "--steps", "1",
+            "--batch-size", "2", "--num-images", "8", "--sample-every", "0"]  # fmt: skip
+    assert main(argv) == 0
+    assert (tmp_path / "run" / "model" / "model_index.json").is_file()
+    assert not (tmp_path / "models").exists()
