@@ -108,3 +108,8 @@ def webhook_jobs() -> str:
 def webhook_server_secret() -> str:
     """The generated server secret the signing secrets derive from (without LDM_WEBHOOK_SECRET)."""
     return f"{PREFIX}webhooks:server-secret"
+
+
+def owner_jobs(owner: str) -> str:
+    """Sorted set of one owner's job ids by created_at: GET /v1/jobs (jobs/listing.py)."""
+    return f"{PREFIX}jobs-of:{owner}"

@@ -1,7 +1,8 @@
 """JobStore: job records, rq enqueue, progress, images, cancellation and tombstones in Redis.
 
 Lifecycle (all transitions are conditional on the current status, so API and worker never race):
-  API  create()            -> queued (record + rq job in one MULTI; per-owner quota: jobs/quota.py)
+  API  create()            -> queued (record + rq job + the owner's index, jobs/listing.py, in one
+                              MULTI; per-owner quota: jobs/quota.py)
   wkr  start()             queued|running -> running  (None: canceled/expired meanwhile, skip it)
   wkr  report_progress()   every step for all active jobs; returns the ids to stop
   wkr  finish()            -> succeeded (with images) | failed (with JobError) | canceled
@@ -26,6 +27,7 @@ from rq.serializers import JSONSerializer
 from rq.worker_registration import get_keys as worker_keys
 
 from jobs import keys
+from jobs.listing import OwnerJobs
 from jobs.quota import ActiveJobs, QueuePlaces
 from jobs.record import JobError, JobRecord, Usage
 from jobs.record_scripts import FINISH, PROGRESS, TRANSITION
@@ -72,6 +74,7 @@ class JobStore:
         # Concurrency quota; its set must outlive a job's longest stay in queued/running.
         active_ttl = self.queue_ttl + (1 + RETRIES) * job_timeout + ABANDON_DETECTION_S
         self.active = ActiveJobs(redis, ttl=active_ttl)
+        self.owner_jobs = OwnerJobs(redis, lifetime_s=active_ttl + result_ttl)
         self.places = QueuePlaces(redis)
         self._transition = redis.register_script(TRANSITION)
         self._finish = redis.register_script(FINISH)
@@ -142,6 +145,7 @@ class JobStore:
         )
         if quota:
             self.active.confirm(pipe, record.owner, record.id)
+        self.owner_jobs.add(pipe, record)
         if record.webhook is not None:  # the deliverer reconciles it until it ends
             pipe.zadd(keys.webhook_jobs(), {record.id: record.created_at})
 

@@ -77,6 +77,15 @@ class JobView(BaseModel):
     links: Links
 
 
+class JobList(BaseModel):
+    """GET /v1/jobs: a page of the caller's jobs, newest first."""
+
+    jobs: list[JobView]
+    next: str | None = Field(
+        None, description="URL of the next page (same filters and limit); null after the last"
+    )
+
+
 def job_path(job_id: str) -> str:
     """URL path of a job."""
     return f"/v1/jobs/{job_id}"

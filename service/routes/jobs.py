@@ -1,4 +1,5 @@
-"""/v1/jobs/{id}: status, cancellation, server-sent events and image bytes."""
+"""/v1/jobs: the caller's jobs; /v1/jobs/{id}: status, cancellation, server-sent events and
+image bytes."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import urlencode
 
 import anyio
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
+from jobs.listing import CURSOR_PATTERN, Cursor
 from jobs.record import JobRecord
 from jobs.schema import JobStatus
 from jobs.store import JobStore
@@ -22,7 +26,7 @@ from service.errors import Problem, redis_unavailable
 from service.openapi import problem_responses
 from service.redis_client import with_fresh_deadline
 from service.signed_urls import OwnerUnlessSigned, SignedUrl, app_url_key
-from service.views import JobView, job_view
+from service.views import JobList, JobView, job_view
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,46 @@ def load_job(store: JobStore, job_id: str, owner: str | None) -> JobRecord:
 def _view(store: JobStore, record: JobRecord) -> JobView:
     position = store.queue_position(record) if record.status is JobStatus.queued else None
     return job_view(record, position)
+
+
+@router.get(
+    "/v1/jobs",
+    response_model=JobList,
+    responses=problem_responses(401, 422, 503),
+    summary="The caller's jobs, newest first",
+)
+def list_jobs(
+    request: Request,
+    owner: Owner,
+    store: Store,
+    statuses: Annotated[
+        list[JobStatus],
+        Query(alias="status", description="only these statuses: `?status=queued&status=running`"),
+    ] = [],  # noqa: B006 (FastAPI copies a default; a tuple is not a list in its schema)
+    limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(  # the pattern is declared; the check is ours, with a message that says what to do
+            description="where the previous page ended (in its `next`)",
+            json_schema_extra={"pattern": CURSOR_PATTERN, "maxLength": 100},
+        ),
+    ] = None,
+) -> JobList:
+    """The caller's jobs that Redis still holds (each until `LDM_RESULT_TTL` after it ends), newest
+    first, a page at a time: follow `next` until it is null. A page with a status filter may hold
+    fewer than `limit` jobs and still have a `next` (it reads at most 1000 jobs)."""
+    try:
+        after = Cursor.decode(cursor) if cursor is not None else None
+    except ValueError as exc:
+        error = {"type": "value_error", "loc": ("query", "cursor"), "msg": str(exc)}
+        raise RequestValidationError([error]) from None
+    page = store.owner_jobs.page(owner, limit=limit, statuses=statuses, after=after,
+                                 refresh=store.reconcile)  # fmt: skip
+    following = None
+    if page.next is not None:  # the same filters and limit, from where this page ended
+        query = [("limit", limit), *(("status", value.value) for value in statuses)]
+        following = f"{request.url.path}?{urlencode([*query, ('cursor', page.next.encode())])}"
+    return JobList(jobs=[_view(store, record) for record in page.records], next=following)
 
 
 @router.get(
