@@ -24,6 +24,20 @@ def test_default_model_is_small_and_complete() -> None:
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
 
 
+def test_diffusers_draws_the_shipped_model_at_its_own_size_by_default() -> None:
+    """diffusers sizes an image unet.config.sample_size x its VAE factor unless told: the model
+    card's 64 px (its config once said 64 latents, so diffusers drew 256 px by default)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        MODEL, safety_checker=None, torch_dtype=torch.float32
+    )
+    generator = torch.Generator().manual_seed(0)
+    (image,) = pipe("a red circle", num_inference_steps=1, generator=generator).images
+    assert image.size == (64, 64)
+
+
 @pytest.fixture(scope="module")
 def report() -> dict:
     import torch

@@ -182,6 +182,8 @@ def train_ldm(
         mean, std = encode_latents(vae, images, training.device)
         torch.save((mean, std), latents_file)
     texts = Captions(captions, training.seed)
+    # the latent side it trains at: diffusers' default size is sample_size x the VAE's factor
+    unet_config = dataclasses.replace(unet_config, sample_size=int(mean.shape[-1]))
     tokenizer = build_tokenizer(texts.words(), run_dir / "tokenizer_files")
     device = torch.device(training.device)
     unet, text_encoder = UNet(unet_config).to(device), text_encoder_for(tokenizer)
