@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
+import os
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
@@ -134,6 +138,18 @@ class Client:
         """GET /v1/jobs/{id}."""
         return self._json("GET", f"/v1/jobs/{job_id}")
 
+    def jobs(self, statuses: Sequence[str] = (), limit: int = 20) -> list[dict[str, Any]]:
+        """GET /v1/jobs: up to `limit` of the caller's jobs, newest first, following `next`."""
+        pairs = [("limit", str(min(limit, 100))), *(("status", value) for value in statuses)]
+        query = urllib.parse.urlencode(pairs)
+        found: list[dict[str, Any]] = []
+        path: str | None = f"/v1/jobs?{query}"
+        while path is not None and len(found) < limit:
+            page = self._json("GET", path)
+            found += page["jobs"]
+            path = page["next"]
+        return found[:limit]
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """DELETE /v1/jobs/{id}."""
         return self._json("DELETE", f"/v1/jobs/{job_id}")
@@ -170,3 +186,17 @@ class Client:
         if job["status"] != "succeeded":
             raise JobFailed(job)
         return [self.image(job["id"], index) for index in range(len(job["images"]))]
+
+
+def add_connection_options(action: argparse.ArgumentParser) -> None:
+    """--url and --api-key, for every `ldm-serve client` action."""
+    action.add_argument(
+        "--url",
+        default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"),
+        help="the API (default: $LDM_URL, else http://127.0.0.1:8000)",
+    )
+    action.add_argument(
+        "--api-key",
+        default=os.environ.get("LDM_API_KEY"),
+        help="sent as a Bearer token (default: $LDM_API_KEY)",
+    )

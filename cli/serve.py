@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli import up
+from cli import client_jobs, up
+from cli.client import add_connection_options
 from cli.up import up_env  # noqa: F401  (up_env: tests/test_api_defaults.py imports it here)
 from jobs.schema import Sampler
 
@@ -62,6 +63,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         action = actions.add_parser(task, help=help_text, description=help_text)
         add_client_options(action, task)
         action.set_defaults(handler=run_client, task=task)
+    client_jobs.register(actions)
 
 
 def add_client_options(action: argparse.ArgumentParser, task: str) -> None:
@@ -83,16 +85,7 @@ def add_client_options(action: argparse.ArgumentParser, task: str) -> None:
         default=Path("out.png"),
         help="image file; more images go to OUTPUT-1, OUTPUT-2, ...",
     )
-    action.add_argument(
-        "--url",
-        default=os.environ.get("LDM_URL", "http://127.0.0.1:8000"),
-        help="the API (default: $LDM_URL, else http://127.0.0.1:8000)",
-    )
-    action.add_argument(
-        "--api-key",
-        default=os.environ.get("LDM_API_KEY"),
-        help="sent as a Bearer token (default: $LDM_API_KEY)",
-    )
+    add_connection_options(action)
     action.add_argument("--model", help="a served model's name (GET /v1/models)" + server)
     if task != "sample":
         action.add_argument("--negative-prompt", help="what not to draw" + server)

@@ -3,6 +3,10 @@ with a simulated worker writing through JobStore."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from jobs import keys
@@ -10,7 +14,8 @@ from jobs.listing import SCAN_LIMIT
 from jobs.record import JobError
 from jobs.schema import JobStatus
 from jobs.store import JobStore
-from tests.api_harness import KEY_B, ApiServer, api_fixture, store_fixture, tiny_png  # noqa: F401
+from tests.api_harness import KEY_A, KEY_B, ApiServer, api_fixture, store_fixture, tiny_png  # noqa: F401
+from tests.conftest import REPO
 from tests.test_api_jobs import submit, take
 
 
@@ -125,3 +130,28 @@ def test_listing_needs_a_key(api: ApiServer, store: JobStore) -> None:
     with api.client(None) as client:
         reply = client.get("/v1/jobs")
     assert reply.status_code == 401 and "jobs" not in reply.json()
+
+
+def client_jobs(api: ApiServer, *options: str, key: str = KEY_A) -> subprocess.CompletedProcess:
+    """`ldm-serve client jobs` against `api` as a subprocess, with `key` in $LDM_API_KEY."""
+    argv = [sys.executable, "-m", "cli.main", "client", "jobs", "--url", api.url, *options]
+    env = {**os.environ, "LDM_API_KEY": key}
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+
+
+def test_client_jobs_prints_the_callers_jobs_newest_first(api: ApiServer, store: JobStore) -> None:
+    older, newer = submit(api, prompt="a red circle")["id"], submit(api, prompt="a blue square")
+    take(store, older)
+    result = client_jobs(api, "--status", "running", "--status", "queued")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["ID", "STATUS", "STEP", "CREATED", "(UTC)", "MODEL", "PROMPT"]
+    assert [row.split()[:3] for row in rows] == [
+        [newer["id"], "queued", "0/25"], [older, "running", "0/25"]]  # fmt: skip
+    assert rows[0].endswith("a blue square") and rows[1].endswith("a red circle")
+    one = client_jobs(api, "--limit", "1", "--status", "running")
+    assert [row.split()[0] for row in one.stdout.splitlines()[1:]] == [older]
+    wrong = client_jobs(api, key="nope")
+    assert wrong.returncode == 1 and wrong.stderr.startswith("error: ")
+    assert "Traceback" not in wrong.stderr
