@@ -105,6 +105,7 @@ def test_sixteen_concurrent_requests_share_steps_and_match_solo(
             f"Steps: {body['steps']}," in text
             and "Size: 32x32" in text
             and "Model: default" in text
+            and text.endswith(f", Task: txt2img, Version: ldm-serve {version('ldm-serve')}")
         )
         (solo,) = txt2img(
             BatchEngine(pipe), [body["prompt"]], [body["negative_prompt"]], [body["seed"]], 32, 32,

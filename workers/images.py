@@ -11,6 +11,7 @@ from PIL import Image, PngImagePlugin
 from jobs.images import BadImage, as_init_image, as_mask, decode, fit
 from jobs.schema import UPSCALE_FACTOR, ResolvedRequest, Task
 from jobs.store import JobStore
+from jobs.version import VERSION
 from model.sampling.registry import sampler_entry
 
 MAX_INPUT_PIXELS = 1 << 26  # the API bounded the upload by LDM_MAX_PIXELS already
@@ -33,7 +34,8 @@ def parameters_text(request: ResolvedRequest, index: int, model_name: str) -> st
     lines.append(
         f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale:g}, "
         f"Seed: {request.seed + index}, Size: {request.width}x{request.height}, "
-        f"Model: {model_name}{eta}{strength}, Task: {request.task.value}"
+        f"Model: {model_name}{eta}{strength}, Task: {request.task.value}, "
+        f"Version: ldm-serve {VERSION}"  # A1111 writes its release here too: reproducibility
     )
     return "\n".join(lines)
 
