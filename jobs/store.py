@@ -24,9 +24,9 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RqStatus
 from rq.serializers import JSONSerializer
-from rq.worker_registration import get_keys as worker_keys
 
 from jobs import keys
+from jobs.fleet import Fleet, rq_queue
 from jobs.listing import OwnerJobs
 from jobs.quota import ActiveJobs, QueuePlaces
 from jobs.record import JobError, JobRecord, Usage
@@ -76,13 +76,14 @@ class JobStore:
         self.active = ActiveJobs(redis, ttl=active_ttl)
         self.owner_jobs = OwnerJobs(redis, lifetime_s=active_ttl + result_ttl)
         self.places = QueuePlaces(redis)
+        self.fleet = Fleet(redis)  # what workers publish; live workers, the oldest queued job
         self._transition = redis.register_script(TRANSITION)
         self._finish = redis.register_script(FINISH)
         self._progress = redis.register_script(PROGRESS)
 
     def queue(self, model: str) -> Queue:
         """The rq queue (JSON serializer) of a model."""
-        return Queue(keys.queue_name(model), connection=self.redis, serializer=JSONSerializer)
+        return rq_queue(self.redis, model)
 
     # --- API side -------------------------------------------------------------------------------
 
@@ -163,32 +164,6 @@ class JobStore:
         """Encoded bytes of image `index`, or None."""
         value = self.redis.get(keys.image(job_id, index))
         return value.encode() if isinstance(value, str) else value
-
-    def publish_tasks(self, model: str, tasks: Sequence[str]) -> None:
-        """Say which tasks this model's workers run (kept a week; every worker start renews)."""
-        self.redis.set(keys.model_tasks(model), ",".join(tasks), ex=7 * 24 * 3600)
-
-    def model_tasks(self, models: Sequence[str]) -> dict[str, list[str] | None]:
-        """Each model's published tasks; None where no worker has said yet."""
-        values = self.redis.mget([keys.model_tasks(model) for model in models])
-        return {
-            model: (value.decode() if isinstance(value, bytes) else value).split(",")
-            if value
-            else None
-            for model, value in zip(models, values, strict=True)
-        }
-
-    def publish_sampler_names(self, names: Mapping[str, str]) -> None:
-        """A1111 sampler_name -> ours ("<name>" or "<name> karras"), from a worker's registry."""
-        self.redis.hset(keys.sampler_names(), mapping=cast("Mapping[Any, Any]", dict(names)))
-
-    def sampler_names(self) -> dict[str, str]:
-        """What `publish_sampler_names` wrote (empty before any worker started)."""
-        raw = self.redis.hgetall(keys.sampler_names())
-        return {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
 
     def get_inputs(self, job_id: str, names: Sequence[str]) -> dict[str, bytes]:
         """The stored uploads of an image task that are still there, by name."""
@@ -300,22 +275,6 @@ class JobStore:
         """Put a running record back to queued (worker handing work back to rq on shutdown)."""
         return self._set(job_id, (JobStatus.running,), {"status": JobStatus.queued.value})
 
-    # --- shared views ---------------------------------------------------------------------------
-
-    def live_workers(self, model: str) -> int:
-        """rq workers listening on the model's queue whose heartbeat key has not expired."""
-        registered = sorted(worker_keys(queue=self.queue(model)))
-        return sum(int(alive) for alive in self._exists_each(registered)) if registered else 0
-
-    def oldest_queued_age(self, model: str) -> float:
-        """Seconds the head of the model's queue has waited (0 when empty)."""
-        head = self.redis.lindex(self.queue(model).key, 0)
-        if head is None:
-            return 0.0
-        head_id = head.decode() if isinstance(head, bytes) else str(head)
-        created = self.redis.hget(keys.job(head_id), "created_at")
-        return max(0.0, time.time() - float(created)) if created else 0.0
-
     # --- internals ------------------------------------------------------------------------------
 
     def _set(
@@ -329,12 +288,6 @@ class JobStore:
         return bool(
             self._transition(keys=[keys.job(job_id)], args=[",".join(allowed), increment, *flat])
         )
-
-    def _exists_each(self, names: Sequence[str]) -> list[int]:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.exists(name)
-            return list(pipe.execute())
 
     def _rq_job(self, job_id: str) -> Job:
         return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)

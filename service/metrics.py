@@ -54,8 +54,8 @@ class RedisGauges(Collector):
         try:
             for model in self.models:
                 depth.add_metric([model], self.store.queue(model).count)
-                alive.add_metric([model], self.store.live_workers(model))
-                oldest.add_metric([model], self.store.oldest_queued_age(model))
+                alive.add_metric([model], self.store.fleet.live_workers(model))
+                oldest.add_metric([model], self.store.fleet.oldest_queued_age(model))
             memory = self.store.redis.info("memory")
             used.add_metric([], memory.get("used_memory", 0))
             limit.add_metric([], memory.get("maxmemory", 0))

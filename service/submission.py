@@ -116,7 +116,7 @@ def check_size(
 def check_task(store: JobStore, settings: ApiSettings, model: str, task: Task) -> None:
     """422 when the model's workers said they cannot run `task`, naming the models that can
     (a model no worker has described yet is given the benefit of the doubt)."""
-    published = store.model_tasks(settings.models)
+    published = store.fleet.model_tasks(settings.models)
     if published.get(model) is None or task.value in (published[model] or ()):
         return
     able = [name for name, tasks in published.items() if tasks and task.value in tasks]

@@ -120,7 +120,7 @@ def test_image_routes_have_their_own_body_limit(api: ApiServer, store: JobStore)
 def test_a_task_the_model_cannot_run_is_422_naming_the_models_that_can(
     api: ApiServer, store: JobStore
 ) -> None:
-    store.publish_tasks("default", ["inpaint"])  # as an inpainting model's worker says
+    store.fleet.publish_tasks("default", ["inpaint"])  # as an inpainting model's worker says
     with api.client() as client:
         refused = client.post("/v1/img2img", json={"prompt": "a", "init_image": b64(png(64, 64))})
         listed = client.get("/v1/models").json()["data"]

@@ -61,7 +61,7 @@ def test_commands_pipelines_and_scripts_go_through(client: redis.Redis) -> None:
         pipe.get("k").incr("n")
         assert pipe.execute() == [b"v", 1]
     assert client.register_script("return ARGV[1]")(args=["x"]) == b"x"
-    assert store.queue("default").count == 0 and store.live_workers("default") == 0
+    assert store.queue("default").count == 0 and store.fleet.live_workers("default") == 0
 
 
 def test_frozen_redis_trips_the_breaker_then_a_probe_closes_it(

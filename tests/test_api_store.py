@@ -145,9 +145,9 @@ def test_reconcile_expired_and_abandoned(store: JobStore) -> None:
 
 
 def test_live_workers_counts_only_heartbeating_workers(store: JobStore) -> None:
-    assert store.live_workers("default") == 0
+    assert store.fleet.live_workers("default") == 0
     worker = SimpleWorker([store.queue("default")], connection=store.redis)
     worker.register_birth()
-    assert store.live_workers("default") == 1
+    assert store.fleet.live_workers("default") == 1
     store.redis.delete(worker.key)  # heartbeat key expired: the worker died
-    assert store.live_workers("default") == 0
+    assert store.fleet.live_workers("default") == 0

@@ -170,9 +170,9 @@ def run_worker(settings: WorkerSettings, backend_factory: BackendFactory = model
                                  maintenance_interval=settings.maintenance_interval,
                                  result_ttl=settings.result_ttl))  # fmt: skip
             made[0].on_abandoned = abandoned_hook(store, metrics)
-        store.publish_tasks(settings.model_name, backend.tasks)
+        store.fleet.publish_tasks(settings.model_name, backend.tasks)
         publish_profile(connection, settings.model_name, profile)
-        store.publish_sampler_names(a1111_sampler_names())
+        store.fleet.publish_sampler_names(a1111_sampler_names())
         made[0].register()
         return made[0]
 

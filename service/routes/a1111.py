@@ -149,7 +149,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
             raise invalid("body", "not JSON") from None
         if not isinstance(body, dict):
             raise invalid("body", "must be a JSON object")
-        names = await run_in_threadpool(store.sampler_names)  # read once: fields and the reply
+        names = await run_in_threadpool(store.fleet.sampler_names)  # read once: fields, reply
         fields = await run_in_threadpool(native_fields, body, store, owner, names)
         resolved = uploads = None
         if task == "txt2img":
@@ -228,7 +228,7 @@ def add_status_routes(router: APIRouter, settings: ApiSettings) -> None:
     @router.get("/samplers", summary="Samplers under A1111's names")
     def samplers(owner: RateLimitedOwner, store: Store) -> list[dict[str, Any]]:
         return [{"name": name, "aliases": [ours], "options": {}}
-                for name, ours in sorted(store.sampler_names().items())]  # fmt: skip
+                for name, ours in sorted(store.fleet.sampler_names().items())]  # fmt: skip
 
     @router.get("/scripts", summary="Installed scripts: none (clients probe for extensions)")
     def scripts(owner: RateLimitedOwner) -> dict[str, list[str]]:

@@ -58,7 +58,7 @@ def readyz(store: Store, settings: Settings) -> dict[str, object]:
     (an unreachable Redis is 503 redis-unavailable, as on every route)."""
     retry = {"Retry-After": str(settings.retry_after_s)}
     policy = eviction_policy(store)
-    workers = store.live_workers(settings.model_name)
+    workers = store.fleet.live_workers(settings.model_name)
     if policy != "noeviction":
         detail = f"redis maxmemory-policy is {policy!r}; it must be 'noeviction'"
         raise Problem(503, "not-ready", "Not ready", detail, headers=retry)

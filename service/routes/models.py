@@ -63,7 +63,7 @@ class ModelList(BaseModel):
 def list_models(owner: Owner, store: Store, settings: Settings) -> ModelList:
     """Every accepted model with its rq queue, live workers and queue depth."""
     del owner  # authentication only
-    tasks = store.model_tasks(settings.models)
+    tasks = store.fleet.model_tasks(settings.models)
     profiles = {name: read_profile(store.redis, name) for name in settings.models}
     return ModelList(
         data=[
@@ -71,7 +71,7 @@ def list_models(owner: Owner, store: Store, settings: Settings) -> ModelList:
                 name=name,
                 default=name == settings.model_name,
                 queue=keys.queue_name(name),
-                workers=store.live_workers(name),
+                workers=store.fleet.live_workers(name),
                 queue_depth=store.queue(name).count,
                 samplers=list(Sampler),
                 output_formats=list(OutputFormat),

@@ -69,7 +69,7 @@ def resolved_class(
 ) -> int | None:
     """The class index, or None for an unconditional model; 422 naming `class_label` otherwise."""
     names, label = profile.class_names, body.class_label
-    described = store.model_tasks(settings.models).get(model) is not None
+    described = store.fleet.model_tasks(settings.models).get(model) is not None
     if names is None and not described:  # no worker has started: indexes pass, names cannot
         if isinstance(label, str):
             raise invalid("class_label", f"class names of model {model!r} are known once one "
