@@ -163,6 +163,18 @@ def test_info_names_the_sampler_that_ran(stack: ApiServer, chosen: dict, reporte
         ("img2img", {"init_images": [], "denoising_strength": 0.5}, "init_images"),
         ("img2img", {"denoising_strength": 0.01}, "denoising_strength"),  # no step at 4 steps
         ("img2img", {"mask": "not base64!"}, "mask"),
+        # asked for, these would change the image and are not run: refused, never dropped
+        ("txt2img", {"enable_hr": True, "hr_scale": 2}, "enable_hr"),
+        ("txt2img", {"restore_faces": True}, "restore_faces"),
+        ("txt2img", {"tiling": True}, "tiling"),
+        ("txt2img", {"subseed": 3, "subseed_strength": 0.5}, "subseed_strength"),
+        ("txt2img", {"script_name": "x/y/z plot"}, "script_name"),
+        ("img2img", {"alwayson_scripts": {"controlnet": {"args": [{}]}}}, "alwayson_scripts"),
+        (
+            "txt2img",
+            {"override_settings": {"CLIP_stop_at_last_layers": 2}},
+            "override_settings.CLIP_stop_at_last_layers",
+        ),  # fmt: skip
     ],
 )
 def test_a_422_names_the_a1111_field_sent(

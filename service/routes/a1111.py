@@ -3,7 +3,9 @@ synchronously on the native queue, with A1111's field names, defaults and `{imag
 info}` replies; progress and interrupt of the caller's latest job; models, samplers, options.
 
 A1111's sampler names come from the workers' registry through Redis (the API imports no model
-code). Fields A1111 has and ldm-serve does not (restore_faces, tiling, scripts, ...) are ignored.
+code). A1111 features that would change the image and are not run here (hires fix, face
+restoration, tiling, variation seeds, scripts, clip skip) are refused when asked for (NOT_RUN);
+other A1111 fields ldm-serve has no use for (mask_blur, resize_mode, ...) are ignored.
 """
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at runtime.
@@ -45,10 +47,37 @@ DEFAULTS = {"steps": 20, "cfg_scale": 7.0, "width": 512, "height": 512, "seed": 
 LATEST_TTL_S = 24 * 3600
 
 
+# A1111 features that change the image and that ldm-serve does not run: asked for (true, above
+# 0, a name, a script's arguments), a 422 naming the field, as A1111 answers for a script it lacks;
+# at A1111's defaults (what its clients send when the user asked for none) they pass.
+NOT_RUN = {
+    "enable_hr": "hires fix is not run here: generate, then POST /v1/upscale (an upscaler model) "
+    "or img2img at the larger size",
+    "restore_faces": "face restoration is not run here",
+    "tiling": "seamless tiling is not run here",
+    "subseed_strength": "variation seeds are not run here",
+    "script_name": "no scripts are installed (GET /sdapi/v1/scripts)",
+    "alwayson_scripts": "no always-on scripts (ControlNet, ...) are installed",
+}
+
+
+def refuse_what_is_not_run(body: dict[str, Any]) -> None:
+    """A 422 for the first A1111 feature asked for that would change the image and is not run."""
+    for field, why in NOT_RUN.items():
+        if body.get(field):
+            raise invalid(field, why)
+    override = body.get("override_settings")
+    skip = override.get("CLIP_stop_at_last_layers") if isinstance(override, dict) else None
+    if skip not in (None, 1):
+        raise invalid("override_settings.CLIP_stop_at_last_layers", "clip skip is not run here "
+                      "(ldm-serve generate --clip-skip is)")  # fmt: skip
+
+
 def native_fields(
     body: dict[str, Any], store: JobStore, owner: str, sampler_names: dict[str, str]
 ) -> dict[str, Any]:
     """A1111 request fields -> the native request's (`sampler_names`: A1111's -> ours)."""
+    refuse_what_is_not_run(body)
     a = {**DEFAULTS, **{k: v for k, v in body.items() if v is not None}}
     batch, rounds = a["batch_size"], a["n_iter"]
     fields: dict[str, Any] = {
