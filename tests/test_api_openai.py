@@ -179,6 +179,8 @@ def test_errors_raise_the_sdks_exceptions(stack: ApiServer, client: openai.OpenA
         ("generate", {"n": 9}, "n", "n: Input should be less than or equal to"),
         ("create_variation", {"image": b"not a png"}, "image", "image: "),
         ("edit", {"mask": b"not a png"}, "mask", "mask: "),
+        ("generate", {"background": "transparent"}, "background", "background: transparent is not"),
+        ("edit", {"background": "transparent"}, "background", "background: transparent is not"),
     ],
 )
 def test_a_400_names_the_openai_param_sent(

@@ -6,7 +6,8 @@ area to repaint, img2img with an empty prompt); the request waits for it up to L
 then answers 504 naming the job, which can still be fetched natively. Errors come in OpenAI's
 shape (service/errors.py), validation as 400, so the `openai` SDKs raise their usual exceptions.
 ldm-serve's own fields (negative_prompt, seed, steps, guidance_scale, sampler) are accepted as
-extra body fields; other OpenAI fields (quality, style, background, ...) are ignored.
+extra body fields; `background: transparent` is refused (it would come back opaque); other
+OpenAI fields (quality, style, moderation, ...) are ignored.
 """
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at runtime.
@@ -129,7 +130,7 @@ OPTIONS = {
     "model": TEXT, "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
     "negative_prompt": TEXT, "seed": {"type": "integer", "minimum": 0},
     "steps": {"type": "integer", "minimum": 1}, "guidance_scale": {"type": "number"},
-    "sampler": TEXT,
+    "sampler": TEXT, "background": {"type": "string", "enum": ["opaque", "auto"]},
 }  # fmt: skip
 FILE = {"type": "string", "format": "binary"}
 
@@ -151,6 +152,8 @@ OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "init_imag
 
 def native_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """OpenAI request fields -> the native request's (n, size "WxH"; extras passed through)."""
+    if fields.get("background") == "transparent":  # asked for, it would be silently opaque
+        raise invalid("background", "transparent is not drawn here ('opaque', 'auto')")
     native = {name: fields[name] for name in NATIVE_EXTRAS if name in fields}
     if "prompt" in fields:
         native["prompt"] = fields["prompt"]
