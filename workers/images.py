@@ -4,6 +4,7 @@ and reading an image task's stored inputs."""
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -15,6 +16,8 @@ from jobs.version import VERSION
 from model.sampling.registry import sampler_entry
 
 MAX_INPUT_PIXELS = 1 << 26  # the API bounded the upload by LDM_MAX_PIXELS already
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286  # EXIF 2.3: the Exif sub-IFD and its UserComment tag
+LONG, UNDEFINED = 4, 7  # TIFF 6.0 field types
 
 
 def parameters_text(request: ResolvedRequest, index: int, model_name: str) -> str:
@@ -66,11 +69,22 @@ def encode(image: Image.Image, request: ResolvedRequest, index: int, model_name:
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", parameters_text(request, index, model_name))
         rgb.save(buffer, format="PNG", pnginfo=info)
-    elif fmt == "jpeg":
-        rgb.save(buffer, format="JPEG", quality=95)
-    else:
-        rgb.save(buffer, format="WEBP", quality=90)
+    else:  # the same text as EXIF UserComment, where A1111 writes (and its PNG Info reads) it
+        exif = exif_user_comment(parameters_text(request, index, model_name))
+        rgb.save(buffer, format=fmt.upper(), exif=exif, quality=95 if fmt == "jpeg" else 90)
     return buffer.getvalue()
+
+
+def exif_user_comment(text: str) -> bytes:
+    """An EXIF block holding only a UserComment (EXIF 2.3, 4.6.5: type UNDEFINED, "UNICODE\0" then
+    UTF-16; Pillow would write it as BYTE, which A1111's piexif reader cannot read)."""
+    comment = b"UNICODE\0" + text.encode("utf-16-be")
+    # little-endian TIFF: header (8 B), IFD0 (18 B: a pointer to the Exif IFD at 26), the Exif
+    # IFD (18 B: UserComment, its data at 44), then the data
+    ifd0 = struct.pack("<HHHII", 1, EXIF_IFD, LONG, 1, 26) + b"\0\0\0\0"
+    exif_ifd = struct.pack("<HHHII", 1, USER_COMMENT, UNDEFINED, len(comment), 44) + b"\0\0\0\0"
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd0 + exif_ifd + comment
+
 
 
 def is_blank(image: Image.Image) -> bool:
