@@ -12,7 +12,6 @@ from urllib.parse import urlencode
 
 import anyio
 from fastapi import APIRouter, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
@@ -26,6 +25,7 @@ from service.errors import Problem, redis_unavailable
 from service.openapi import problem_responses
 from service.redis_client import with_fresh_deadline
 from service.signed_urls import OwnerUnlessSigned, SignedUrl, app_url_key
+from service.submission import invalid
 from service.views import JobList, JobView, job_view
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,7 @@ def list_jobs(
     try:
         after = Cursor.decode(cursor) if cursor is not None else None
     except ValueError as exc:
-        error = {"type": "value_error", "loc": ("query", "cursor"), "msg": str(exc)}
-        raise RequestValidationError([error]) from None
+        raise invalid("cursor", str(exc)) from None
     page = store.owner_jobs.page(owner, limit=limit, statuses=statuses, after=after,
                                  refresh=store.reconcile)  # fmt: skip
     following = None
