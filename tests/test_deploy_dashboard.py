@@ -45,6 +45,7 @@ REQUIRED_TITLES = (
     "Webhook attempt latency p95",
     "Webhook outbox backlog",
     "Webhook deliverers up",
+    "Processes by release",
 )
 # Grafana variables and their stand-ins when a query is sent to Prometheus directly.
 VARIABLES = {"$model": ".*", "$__rate_interval": "1m", "$__interval": "15s"}
