@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -193,6 +194,19 @@ def test_generate_refuses_two_different_prompts_in_one_line(tmp_path: Path) -> N
     assert result.stderr.strip() == "ldm-serve generate: error: two prompts: 'a red circle' " \
         "and --prompt 'a blue square'; give one"  # fmt: skip
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow  # seconds of real processes or files: full tier
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "cli.main", "generate", "a red circle", "--steps", "150",
+            "--num-images", "4", "--width", "256", "--height", "256", "-o", str(tmp_path / "x.png")]
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    time.sleep(8)  # loading or sampling: a minute's work at these settings
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr
 
 
 def test_client_names_the_url_it_cannot_reach() -> None:

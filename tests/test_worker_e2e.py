@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
 import subprocess
 import sys
 import time
@@ -139,6 +140,28 @@ def test_cancel_running_over_http_and_cli_client(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert Image.open(out).text["parameters"].startswith("a tiny cat")
+
+
+def test_ctrl_c_on_the_client_cancels_its_job_in_one_line(
+    api: ApiServer, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "cli.main", "client", "txt2img", "FAULT_SLOW interrupt me",
+            "-o", str(tmp_path / "x.png"), "--url", api.url, "--api-key", KEY_A, "--steps", "50"]
+    client = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    with api.client() as http:
+        deadline = time.monotonic() + 30
+        while not (jobs := http.get("/v1/jobs?status=running").json()["jobs"]) or \
+                jobs[0]["progress"]["step"] < 2:  # fmt: skip
+            assert time.monotonic() < deadline and client.poll() is None
+            time.sleep(0.05)
+        client.send_signal(signal.SIGINT)
+        _, stderr = client.communicate(timeout=30)
+        final = wait(http, jobs[0]["id"], timeout=10)
+    assert client.returncode == 130
+    *warnings, last = stderr.strip().splitlines()  # the tiny model's advice comes first
+    assert last == f"interrupted: job {jobs[0]['id']} stops at its next step", stderr
+    assert all(line.startswith("warning: ") for line in warnings) and "Traceback" not in stderr
+    assert final["status"] == "canceled" and final["progress"]["step"] < 50
 
 
 def test_the_client_sends_model_eta_karras_and_guidance(api: ApiServer, worker: WorkerProcess,
