@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from cli.client import add_connection_options
+from jobs.schema import JobStatus
 
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "expired")
 PROMPT_CHARS = 40  # of each job's prompt shown
 
 
@@ -18,7 +18,7 @@ def register(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-
     help_text = "list your jobs, newest first (GET /v1/jobs)"
     action = actions.add_parser("jobs", help=help_text, description=help_text)
     action.add_argument(
-        "--status", action="append", choices=STATUSES, default=[],
+        "--status", action="append", choices=[status.value for status in JobStatus], default=[],
         help="only jobs in this status (repeat it for several; default: any)",
     )  # fmt: skip
     action.add_argument("--limit", type=int, default=20, help="jobs listed, 1-1000")
