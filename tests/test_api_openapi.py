@@ -73,6 +73,7 @@ def fuzzed_api(redis_url: str) -> Iterator[ApiServer]:
     client.close()
 
 
+@pytest.mark.slow  # the fast tier's two longest (14 s, 7 s): full tier
 def test_schemathesis_all_checks_find_nothing(fuzzed_api: ApiServer, tmp_path: Path) -> None:
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
     (tmp_path / "ldm_hooks.py").write_text(HOOKS)

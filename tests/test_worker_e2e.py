@@ -250,6 +250,7 @@ def test_sixteen_bit_greyscale_uploads_mean_what_their_eight_bit_equivalents_mea
         assert np.array_equal(images[task, "16"], images[task, "8"]), task
 
 
+@pytest.mark.slow  # the fast tier's two longest (14 s, 7 s): full tier
 def test_synchronous_dialects_wait_past_the_requests_redis_deadline(
     api: ApiServer, worker: WorkerProcess
 ) -> None:
