@@ -144,7 +144,8 @@ def load_vq(folder: Path) -> VQAutoencoder:
 
 @contextmanager
 def no_progress_bar() -> Iterator[None]:
-    """transformers' 'Loading weights' bar off for the call, then as it was."""
+    """transformers' 'Loading weights' / 'Writing model shards' bars off for the call, then as
+    they were."""
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -250,7 +251,8 @@ def save_diffusers(
         tensors = {k: v.to(dtype) for k, v in module.state_dict().items()}
         write_safetensors(keymap.diffusers_from_compvis(tensors, table), folder / WEIGHT_NAMES[0])
     original = next(text_encoder.parameters()).dtype
-    text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
+    with no_progress_bar():  # transformers' 'Writing model shards' bar: not for a one-file save
+        text_encoder.to(dtype).save_pretrained(path / "text_encoder", safe_serialization=True)
     text_encoder.to(original)  # leave the caller's model as it was
     tokenizer.save_pretrained(path / "tokenizer")
     (path / "scheduler").mkdir(exist_ok=True)
