@@ -234,19 +234,6 @@ def client_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def cancel_quietly(client: Client, job_id: str) -> str:
-    """Cancel a job the caller stopped waiting for; what became of it, in a few words."""
-    from cli.client import ApiError, ApiUnreachable
-
-    try:
-        status = client.cancel(job_id)["status"]
-    except ApiError as exc:  # 409: it finished meanwhile
-        return f"job {job_id} not canceled: {exc}"
-    except ApiUnreachable as exc:
-        return f"job {job_id} may still run: {exc}"
-    return f"job {job_id} {'canceled' if status == 'canceled' else 'stops at its next step'}"
-
-
 def submit_and_fetch(
     client: Client, args: argparse.Namespace, params: dict[str, Any]
 ) -> list[bytes]:
@@ -259,7 +246,7 @@ def submit_and_fetch(
     try:
         job = client.wait(job["id"], timeout=args.timeout)
     except KeyboardInterrupt:  # nobody waits for it any more: free the worker
-        print(f"interrupted: {cancel_quietly(client, job['id'])}", file=sys.stderr)
+        print(f"interrupted: {client_jobs.cancel_outcome(client, job['id'])[1]}", file=sys.stderr)
         raise SystemExit(130) from None
     if job["status"] != "succeeded":
         raise JobFailed(job)

@@ -132,9 +132,11 @@ def test_listing_needs_a_key(api: ApiServer, store: JobStore) -> None:
     assert reply.status_code == 401 and "jobs" not in reply.json()
 
 
-def client_jobs(api: ApiServer, *options: str, key: str = KEY_A) -> subprocess.CompletedProcess:
-    """`ldm-serve client jobs` against `api` as a subprocess, with `key` in $LDM_API_KEY."""
-    argv = [sys.executable, "-m", "cli.main", "client", "jobs", "--url", api.url, *options]
+def client_jobs(
+    api: ApiServer, *options: str, key: str = KEY_A, action: str = "jobs"
+) -> subprocess.CompletedProcess:
+    """`ldm-serve client ACTION` against `api` as a subprocess, with `key` in $LDM_API_KEY."""
+    argv = [sys.executable, "-m", "cli.main", "client", action, "--url", api.url, *options]
     env = {**os.environ, "LDM_API_KEY": key}
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
                           check=False)  # fmt: skip
@@ -155,3 +157,20 @@ def test_client_jobs_prints_the_callers_jobs_newest_first(api: ApiServer, store:
     wrong = client_jobs(api, key="nope")
     assert wrong.returncode == 1 and wrong.stderr.startswith("error: ")
     assert "Traceback" not in wrong.stderr
+
+
+def test_client_cancel_says_what_became_of_each_job(api: ApiServer, store: JobStore) -> None:
+    queued, running, done = (submit(api)["id"] for _ in range(3))
+    take(store, running)
+    take(store, done)
+    store.finish(done, JobStatus.succeeded, images=[tiny_png()])
+    unknown = "0123abcd-0000-4000-8000-000000000000"
+    result = client_jobs(api, queued, running, done, unknown, action="cancel")
+    assert result.returncode == 1  # two of the four could not be canceled
+    assert result.stdout.splitlines() == [f"job {queued} canceled",
+                                          f"job {running} stops at its next step"]  # fmt: skip
+    assert result.stderr.splitlines() == [
+        f"job {done} not canceled: HTTP 409: job is succeeded",
+        f"job {unknown} not canceled: HTTP 404: no such job"]  # fmt: skip
+    assert store.get(queued).status is JobStatus.canceled
+    assert client_jobs(api, queued, action="cancel").returncode == 0  # canceled stays canceled
