@@ -18,7 +18,7 @@ PROMPT_CHARS = 40  # of each job's prompt shown
 
 
 def register(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """The `jobs` action of `ldm-serve client`."""
+    """The `jobs` and `cancel` actions of `ldm-serve client`."""
     help_text = "list your jobs, newest first (GET /v1/jobs)"
     action = actions.add_parser("jobs", help=help_text, description=help_text)
     action.add_argument(
